@@ -1,0 +1,96 @@
+"""The tracker's own contract, driven with a minimal engine that repeats each object's prompt mask."""
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from vos.engine import Engine, ObjectResult, create_engine, available_engines
+from vos.errors import EngineError, PromptError, UnsupportedPromptError
+from vos.prompts import ObjectPrompt, Point
+from vos.tracker import TrackingCancelled, track
+from vos.video import open_video
+
+
+class RepeatMaskEngine(Engine):
+    """Returns every object's prompt mask on every frame: enough to observe what the tracker does."""
+
+    name = "repeat-mask"
+    supported_prompts = frozenset({"mask"})
+
+    def __init__(self) -> None:
+        self.masks: dict[int, np.ndarray] = {}
+        self.frames_seen = 0
+
+    def reset(self) -> None:
+        self.masks.clear()
+        self.frames_seen = 0
+
+    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
+        self.frames_seen += 1
+        for prompt in prompts:
+            self.masks[prompt.object_id] = prompt.mask
+        return {i: ObjectResult(i, m, score=i / 10) for i, m in self.masks.items()}
+
+
+@pytest.fixture
+def swan_video(davis16_root: Path):
+    with open_video(davis16_root / "JPEGImages" / "480p" / "blackswan") as video:
+        yield video
+
+
+def _box_mask(x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((480, 854), bool)
+    mask[100:200, x0:x1] = True
+    return mask
+
+
+def test_objects_join_on_their_prompt_frame(swan_video) -> None:
+    prompts = [ObjectPrompt(object_id=1, mask=_box_mask(0, 50)), ObjectPrompt(object_id=2, frame_index=3, mask=_box_mask(300, 350))]
+    results = list(track(swan_video, RepeatMaskEngine(), prompts))
+    assert [r.index for r in results] == list(range(50))
+    assert [sorted(r.objects) for r in results[:4]] == [[1], [1], [1], [1, 2]]
+    assert results[10].label_map()[150, 320] == 2 and results[10].image.shape == (480, 854, 3)
+
+
+def test_frames_before_the_first_prompt_have_no_objects(swan_video) -> None:
+    engine = RepeatMaskEngine()
+    results = list(track(swan_video, engine, [ObjectPrompt(object_id=4, frame_index=5, mask=_box_mask(0, 50))]))
+    assert all(not r.objects for r in results[:5]) and results[5].objects
+    assert engine.frames_seen == 45  # the engine is not run before it has anything to track
+
+
+def test_overlapping_claims_resolve_to_one_object_per_pixel(swan_video) -> None:
+    prompts = [ObjectPrompt(object_id=1, mask=_box_mask(0, 100)), ObjectPrompt(object_id=2, mask=_box_mask(50, 150))]
+    first = next(track(swan_video, RepeatMaskEngine(), prompts))
+    one, two = first.objects[1].mask, first.objects[2].mask
+    assert not (one & two).any()
+    assert two[150, 75] and one[150, 25] and two[150, 125]  # the higher score (object 2) wins the overlap
+
+
+def test_cancellation_stops_within_one_frame(swan_video) -> None:
+    engine = RepeatMaskEngine()
+    produced = []
+    with pytest.raises(TrackingCancelled):
+        for result in track(swan_video, engine, [ObjectPrompt(object_id=1, mask=_box_mask(0, 50))],
+                            should_stop=lambda: len(produced) >= 7):
+            produced.append(result)
+    assert len(produced) == 7 and engine.frames_seen == 7
+
+
+def test_bad_prompts_fail_before_any_frame_is_processed(swan_video) -> None:
+    engine = RepeatMaskEngine()
+    with pytest.raises(UnsupportedPromptError, match="cannot use points"):
+        track(swan_video, engine, [ObjectPrompt(object_id=1, points=[Point(x=3, y=3)])])
+    with pytest.raises(PromptError, match="expected 854x480"):
+        track(swan_video, engine, [ObjectPrompt(object_id=1, mask=np.ones((10, 10), bool))])
+    assert engine.frames_seen == 0
+
+
+def test_engine_registry_errors() -> None:
+    assert {"classical", "seem"} <= set(available_engines())
+    with pytest.raises(EngineError, match="unknown engine 'sam9'"):
+        create_engine("sam9")
+    with pytest.raises(EngineError, match="has no option warp_speed"):
+        create_engine("classical", warp_speed=9)
