@@ -207,6 +207,10 @@ class VosSequence:
     def object_ids(self) -> tuple[int, ...]:
         return tuple(sorted(self._first_frames()))
 
+    def first_frame_indices(self) -> dict[int, int]:
+        """Object id -> index of its first annotated frame, without reading the masks there."""
+        return dict(sorted(self._first_frames().items()))
+
     def first_appearances(self) -> list[FirstAppearance]:
         """Each object's first annotated frame and its mask there, ordered by object id."""
         out = []

@@ -11,38 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layouts import SOURCE, box_mask, build_davis17, build_ytvos, save_indexed, source_gt
+
 from eval.datasets import Davis2016, Davis2017, YouTubeVOS, open_dataset
 from eval.metrics import evaluate_sequence
 from vos.errors import DatasetError
-
-SOURCE = "blackswan"  # the shared sequence the synthetic layouts are made from
-VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0, 0, 0] * 251 + [224, 224, 192]
-
-
-def save_indexed(path: Path, labels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(VOC_PALETTE)
-    im.save(path)
-
-
-def copy_frames(davis16_root: Path, dest: Path, indices: list[int]) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for t in indices:
-        shutil.copy(davis16_root / "JPEGImages" / "480p" / SOURCE / f"{t:05d}.jpg", dest / f"{t:05d}.jpg")
-
-
-def source_gt(davis16_root: Path, t: int) -> np.ndarray:
-    png = cv2.imread(str(davis16_root / "Annotations" / "480p" / SOURCE / f"{t:05d}.png"), cv2.IMREAD_GRAYSCALE)
-    return png > 0
-
-
-def box_mask(shape: tuple[int, int]) -> np.ndarray:
-    """A second object: a box in the top-left corner, away from the swan."""
-    mask = np.zeros(shape, bool)
-    mask[10:60, 10:90] = True
-    return mask
-
 
 # ----------------------------------------------------------------------------------------------------------- DAVIS 2016
 
@@ -97,16 +70,7 @@ def test_davis2016_original_image_set_format(davis16_root: Path, tmp_path: Path)
 @pytest.fixture
 def davis17_root(davis16_root: Path, tmp_path: Path) -> Path:
     """DAVIS 2017 layout: 5 frames of the source sequence, swan = object 1, a box = object 2, void around the box."""
-    root = tmp_path / "davis17"
-    copy_frames(davis16_root, root / "JPEGImages" / "480p" / SOURCE, list(range(5)))
-    for t in range(5):
-        labels = source_gt(davis16_root, t).astype(np.uint8)
-        labels[box_mask(labels.shape)] = 2
-        labels[60:63, 10:90] = 255
-        save_indexed(root / "Annotations" / "480p" / SOURCE / f"{t:05d}.png", labels)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text(f"{SOURCE}\n")
-    return root
+    return build_davis17(davis16_root, tmp_path / "davis17")
 
 
 def test_davis2017_objects_void_and_first_masks(davis17_root: Path, davis16_root: Path) -> None:
@@ -194,31 +158,10 @@ def test_davis_empty_first_frame_and_missing_later_annotation(davis17_root: Path
 
 # ---------------------------------------------------------------------------------------------------------- YouTube-VOS
 
-ALL_FRAMES = list(range(10))
-SPARSE = [0, 5]  # every 5th frame, as in the YouTube-VOS valid split
-
-
 @pytest.fixture
 def ytvos_root(davis16_root: Path, tmp_path: Path) -> Path:
     """A valid split with one video: swan from frame 0, a box appearing on frame 5, annotated only there."""
-    root = tmp_path / "ytvos"
-    copy_frames(davis16_root, root / "valid_all_frames" / "JPEGImages" / "vid", ALL_FRAMES)
-    copy_frames(davis16_root, root / "valid" / "JPEGImages" / "vid", SPARSE)
-    annotations = root / "valid" / "Annotations" / "vid"
-    save_indexed(annotations / "00000.png", source_gt(davis16_root, 0).astype(np.uint8))
-    save_indexed(annotations / "00005.png", box_mask((480, 854)).astype(np.uint8) * 2)
-    meta = {
-        "videos": {
-            "vid": {
-                "objects": {
-                    "1": {"category": "bird", "frames": ["00000", "00005"]},
-                    "2": {"category": "box", "frames": ["00005"]},
-                }
-            }
-        }
-    }
-    (root / "valid" / "meta.json").write_text(json.dumps(meta))
-    return root
+    return build_ytvos(davis16_root, tmp_path / "ytvos")
 
 
 def _meta(root: Path) -> dict:
