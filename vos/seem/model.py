@@ -182,13 +182,15 @@ class SeemModel(nn.Module):
         return display_names()
 
     @torch.no_grad()
-    def compute_vocabulary(self, class_names: Sequence[str] = DEFAULT_VOCABULARY) -> Tensor:
+    def compute_vocabulary(self, class_names: Sequence[str] = DEFAULT_VOCABULARY,
+                           cache_dir: Union[str, Path, None] = None) -> Tensor:
         """Encode the class vocabulary (81 templates per name) for the class head; returns [K, P].
 
         The official demo does this at start-up with the 133 COCO names + "background"; the embeddings are
-        never part of a checkpoint. Cache the result and use `set_class_embeddings` to skip it next time.
+        never part of a checkpoint. Full size that is minutes on a CPU, so with ``cache_dir`` the result is
+        saved there (keyed by a fingerprint of the weights) and later starts load it.
         """
-        return self.lang_encoder.get_text_embeddings(list(class_names))
+        return self.lang_encoder.get_text_embeddings(list(class_names), cache_dir=cache_dir)
 
     def set_class_embeddings(self, embeddings: Tensor) -> None:
         """Use precomputed (L2-normalised) class embeddings [K, P] for the class head."""
@@ -495,7 +497,7 @@ def load_seem(path_or_name: Union[str, Path], variant: Union[str, SeemConfig] = 
     ``path_or_name``: a checkpoint file, or a registry name already downloaded (``seem-focalt``,
     ``seem-focall``; see `vos.seem.download`). ``variant``: ``"focalt"``, ``"focall"`` or a `SeemConfig`
     (e.g. ``SeemConfig.from_official_yaml(...)``). ``vocabulary``: compute the 134 COCO class embeddings needed
-    by the class head (a few seconds to tens of seconds on CPU); without it call `compute_vocabulary` or
+    by the class head (minutes on a CPU for full-size weights, then cached beside the downloaded weights); without it call `compute_vocabulary` or
     `set_class_embeddings` before using class logits. Returns the model in eval mode.
     """
     from vos.seem.checkpoint import compare_state_dicts, load_state_dict_strict, read_state_dict
@@ -516,5 +518,7 @@ def load_seem(path_or_name: Union[str, Path], variant: Union[str, SeemConfig] = 
     load_state_dict_strict(model, state)
     model.eval()
     if vocabulary:
-        model.compute_vocabulary()
+        from vos.seem.download import default_cache_dir
+
+        model.compute_vocabulary(cache_dir=default_cache_dir().parent / "text_embeddings")
     return model.to(dtype=dtype)
