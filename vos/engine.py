@@ -11,7 +11,7 @@ import abc
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -53,19 +53,21 @@ class Engine(abc.ABC):
 
     name: ClassVar[str]
     supported_prompts: ClassVar[frozenset[str]]
+    unsupported_hint: ClassVar[str] = "use another engine or another prompt kind"  # ends UnsupportedPromptError
 
-    def check_prompts(self, prompts: Sequence[ObjectPrompt]) -> None:
-        """Raise :class:`UnsupportedPromptError` before any work if a prompt kind cannot be used."""
+    @classmethod
+    def check_prompts(cls, prompts: Sequence[ObjectPrompt]) -> None:
+        """Raise :class:`UnsupportedPromptError` if a prompt kind cannot be used.
+
+        A class method, so front ends can reject a job before creating an engine (which may load weights).
+        """
         for prompt in prompts:
-            unsupported = prompt.kinds - self.supported_prompts
+            unsupported = prompt.kinds - cls.supported_prompts
             if unsupported:
                 raise UnsupportedPromptError(
-                    f"the {self.name!r} engine cannot use {', '.join(sorted(unsupported))} prompts "
-                    f"(object {prompt.object_id}); {self._unsupported_hint(unsupported)}"
+                    f"the {cls.name!r} engine cannot use {', '.join(sorted(unsupported))} prompts "
+                    f"(object {prompt.object_id}); {cls.unsupported_hint}"
                 )
-
-    def _unsupported_hint(self, kinds: frozenset[str]) -> str:
-        return "use another engine or another prompt kind"
 
     @abc.abstractmethod
     def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
@@ -88,6 +90,15 @@ _ENGINES: dict[str, str] = {
 }
 
 
+def register_engine(name: str, target: str) -> None:
+    """Make ``create_engine(name)`` build ``target``, given as ``"module:Class"`` (imported on first use)."""
+    _ENGINES[name] = target
+
+
+def unregister_engine(name: str) -> None:
+    _ENGINES.pop(name, None)
+
+
 def available_engines() -> list[str]:
     return sorted(_ENGINES)
 
@@ -100,12 +111,16 @@ def engine_class(name: str) -> type[Engine]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def check_engine_options(name: str, options: Mapping[str, Any]) -> type[Engine]:
+    """The engine class for ``name``, after checking that it takes every option given (nothing is built)."""
+    cls = engine_class(name)
+    accepted = sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise EngineError(f"engine {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(accepted) or 'none'}")
+    return cls
+
+
 def create_engine(name: str, **options: Any) -> Engine:
     """Create an engine by name; unknown options are an :class:`EngineError` naming the valid ones."""
-    cls = engine_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(options) - set(accepted) - {"self"})
-    if unknown:
-        valid = sorted(p for p in accepted if p != "self")
-        raise EngineError(f"engine {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(valid) or 'none'}")
-    return cls(**options)
+    return check_engine_options(name, options)(**options)
