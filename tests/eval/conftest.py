@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 from layouts import TEST_ENGINES, RepeatMaskEngine
 
-from vos import engine
+from vos.engine import register_engine, unregister_engine
 
 
 @pytest.fixture
-def test_engines(monkeypatch: pytest.MonkeyPatch) -> type[RepeatMaskEngine]:
-    """Registers ``repeat`` and ``shifted`` (layouts.py) and zeroes the step counter; returns the counter's class."""
+def test_engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RepeatMaskEngine]]:
+    """Registers ``repeat`` and ``shifted`` (layouts.py) and zeroes the step counter; yields the counter's class."""
     for name, target in TEST_ENGINES.items():
-        monkeypatch.setitem(engine._ENGINES, name, target)
+        register_engine(name, target)
     monkeypatch.setattr(RepeatMaskEngine, "steps", 0)
-    return RepeatMaskEngine
+    yield RepeatMaskEngine
+    for name in TEST_ENGINES:
+        unregister_engine(name)

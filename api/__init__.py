@@ -1,0 +1,1 @@
+"""The seem-vos HTTP API (FastAPI): upload jobs, stream their frames, download results."""

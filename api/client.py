@@ -1,0 +1,146 @@
+"""A small client of the seem-vos API, and ``vos submit``: upload, follow the stream, download the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from vos.cli import add_engine_arguments, engine_options, prompts_from_args
+from vos.errors import VosError
+from vos.masks import encode_rle
+from vos.prompts import ObjectPrompt
+
+RESULTS = ("masks.zip", "masks.json", "overlay.mp4")
+
+
+class ServiceError(VosError):
+    """The API refused a request or a job failed; the message is the server's."""
+
+
+class VosClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def submit(self, video: Path, prompts: list[dict[str, Any]], engine: str = "classical",
+               options: dict[str, Any] | None = None, overlay: bool = True) -> dict[str, Any]:
+        if not video.is_file():
+            raise ServiceError(f"{video} is not a file")
+        with video.open("rb") as handle:  # httpx streams the file part; the video is never read whole
+            response = self.http.post("/v1/jobs", files={"video": (video.name, handle)}, data={
+                "prompts": json.dumps(prompts), "engine": engine, "options": json.dumps(options or {}),
+                "overlay": str(overlay).lower()})
+        return _checked(response)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return _checked(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def frames(self, job_id: str, after: int = -1) -> Iterator[dict[str, Any]]:
+        """Frame records as NDJSON, resuming after ``after``; the last item is ``{"end": {...}}``."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/frames", params={"after": after},
+                              headers={"Accept": "application/x-ndjson"}, timeout=None) as response:
+            if response.status_code != 200:
+                _checked(httpx.Response(response.status_code, content=response.read()))
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def download(self, job_id: str, name: str, target: Path) -> Path:
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/results/{name}") as response:
+            if response.status_code != 200:
+                _checked(httpx.Response(response.status_code, content=response.read()))
+            with target.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        return target
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _checked(self.http.delete(f"/v1/jobs/{job_id}"))
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _checked(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ServiceError(f"the server answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def prompt_json(prompt: ObjectPrompt) -> dict[str, Any]:
+    """The API's JSON form of a prompt built by the ``vos track`` options (masks travel as RLE)."""
+    item = prompt.model_dump(exclude_none=True, exclude={"mask", "scribbles", "reference"})
+    if prompt.mask is not None:
+        item["mask"] = {"rle": encode_rle(prompt.mask)}
+    if prompt.scribbles:
+        item["scribbles"] = [s.model_dump(exclude={"mask"}) for s in prompt.scribbles]
+    if prompt.reference is not None:
+        raise ServiceError("reference prompts are not supported by vos submit yet; use the API directly")
+    return item
+
+
+# ---------------------------------------------------------------------------------------------- vos submit
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from vos.cli import _PromptItem  # the same repeatable prompt options as vos track
+
+    parser = subparsers.add_parser("submit", help="send a video to a seem-vos server and download the masks")
+    parser.add_argument("video", type=Path, help="video file to upload")
+    parser.add_argument("--server", default=os.environ.get("VOS_SERVER", "http://127.0.0.1:8000"),
+                        help="API base URL (default $VOS_SERVER or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=os.environ.get("VOS_API_KEY"), help="API key (default $VOS_API_KEY)")
+    for option, metavar in (("object", "ID"), ("mask", "PNG"), ("label-map", "PNG"), ("point", "X,Y"),
+                            ("negative", "X,Y"), ("box", "X0,Y0,X1,Y1"), ("scribble", "X,Y;X,Y;..."), ("text", "PHRASE")):
+        parser.add_argument(f"--{option}", dest=option.replace("-", "_"), action=_PromptItem, metavar=metavar,
+                            type=int if option == "object" else str)
+    parser.add_argument("--scribble-width", type=float, default=5.0)
+    add_engine_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("vos-out"), help="folder for the results (default ./vos-out)")
+    parser.add_argument("--no-overlay", action="store_true", help="skip the overlay MP4")
+    parser.set_defaults(func=run_submit, prompt_items=None)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    prompts = [prompt_json(p) for p in prompts_from_args(args.prompt_items or [], args.scribble_width)]
+    client = VosClient(args.server, args.api_key)
+    try:
+        return _submit_and_download(client, args, prompts)
+    except httpx.HTTPError as error:
+        raise ServiceError(f"cannot talk to {args.server}: {error}") from error
+    finally:
+        client.close()
+
+
+def _submit_and_download(client: VosClient, args: argparse.Namespace, prompts: list[dict[str, Any]]) -> int:
+    job = client.submit(args.video, prompts, args.engine, engine_options(args), overlay=not args.no_overlay)
+    print(f"job {job['id']} queued; status at {job['status_url']}", flush=True)
+    end = _follow(client, job["id"])
+    if end["state"] != "succeeded":
+        print(f"job {job['id']} {end['state']}: {end.get('error') or ''}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in RESULTS if not args.no_overlay else RESULTS[:2]:
+        print(f"downloaded {client.download(job['id'], name, args.out / name)}")
+    return 0
+
+
+def _follow(client: VosClient, job_id: str) -> dict[str, Any]:
+    total = client.status(job_id)["frames_total"]
+    for item in client.frames(job_id):
+        if "end" in item:
+            print(file=sys.stderr)
+            return item["end"]
+        present = sum(1 for obj in item["objects"] if obj["area"] > 0)
+        print(f"\rframe {item['frame'] + 1}/{total}: {present} object(s) visible", end="", file=sys.stderr, flush=True)
+    raise ServiceError(f"the stream of job {job_id} ended without a final state")

@@ -1,0 +1,211 @@
+"""Fixtures of the service tests: real Redis (a private key prefix), real Celery workers, a real uvicorn server.
+
+Tests skip when Redis at 127.0.0.1:6379 is unreachable. Videos are short downscaled cuts of the shared dog video.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import redis
+import uvicorn
+
+SERVICE_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(SERVICE_DIR))
+
+from service_engines import register_test_engines  # noqa: E402
+
+from workers.jobs import JobStore  # noqa: E402
+from workers.settings import ServiceSettings  # noqa: E402
+
+REDIS_URL = os.environ.get("VOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceSettings]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.skip(f"the service tests need Redis at {REDIS_URL}: {error}")
+    prefix = f"vostest-{uuid.uuid4().hex[:8]}:"
+    yield ServiceSettings(
+        redis_url=REDIS_URL, key_prefix=prefix, storage_url=str(tmp_path_factory.mktemp("storage")),
+        max_upload_bytes=8 << 20, max_frames=200, lease_s=2.0, visibility_timeout_s=4.0, restore_interval_s=1,
+        retention_s=3600.0,
+    )
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def store(settings: ServiceSettings) -> JobStore:
+    return JobStore(settings)
+
+
+def worker_env(settings: ServiceSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "VOS_REDIS_URL": settings.redis_url, "VOS_KEY_PREFIX": settings.key_prefix,
+        "VOS_STORAGE_URL": settings.storage_url, "VOS_LEASE_S": str(settings.lease_s),
+        "VOS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
+        "VOS_RESTORE_INTERVAL_S": str(settings.restore_interval_s),
+        "PYTHONPATH": os.pathsep.join([str(SERVICE_DIR), env.get("PYTHONPATH", "")]),
+    })
+    return env
+
+
+class Workers:
+    """The test's Celery worker (solo pool, one process); tests may kill it and start another."""
+
+    def __init__(self, settings: ServiceSettings, store: JobStore, log_dir: Path) -> None:
+        self.settings, self.store, self.log_dir = settings, store, log_dir
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        log = (self.log_dir / f"worker-{len(self.processes)}.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, str(SERVICE_DIR / "worker_main.py"), "--pool", "solo", "--concurrency", "1",
+             "-Q", "cpu,gpu", "--without-gossip", "--without-mingle", "--without-heartbeat", "-n",
+             f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"],
+            env=worker_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=SERVICE_DIR.parents[1],
+        )
+        self.processes.append(process)
+        self._wait_ready(process)
+        return process
+
+    def _wait_ready(self, process: subprocess.Popen, timeout: float = 60.0) -> None:
+        before = self.store.redis.zrange(self.store.keys.workers, 0, -1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the worker exited with {process.returncode}; see {self.log_dir}")
+            if set(self.store.redis.zrange(self.store.keys.workers, 0, -1)) - set(before):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the worker did not start in time")
+
+    @property
+    def current(self) -> subprocess.Popen:
+        return self.processes[-1]
+
+    def kill(self, process: subprocess.Popen) -> None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+@pytest.fixture(scope="session")
+def workers(settings: ServiceSettings, store: JobStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    pool = Workers(settings, store, tmp_path_factory.mktemp("logs"))
+    pool.start()
+    yield pool
+    pool.stop_all()
+
+
+@dataclass
+class Server:
+    url: str
+    settings: ServiceSettings
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(settings: ServiceSettings, workers: Workers) -> Iterator[Server]:
+    from api.app import create_app
+
+    register_test_engines()
+    port = _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    yield Server(f"http://127.0.0.1:{port}", settings)
+    uv.should_exit = True
+    thread.join(10)
+
+
+# ---------------------------------------------------------------------------------------------- videos
+
+
+def write_video(path: Path, frames: Iterator[np.ndarray], fps: float = 30.0) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"preset": "ultrafast"}
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def dog_frames(shared_dir: Path, count: int, width: int = 320, height: int = 180) -> Iterator[np.ndarray]:
+    import av
+    import cv2
+
+    with av.open(str(shared_dir / "data" / "videos" / "01_dog.mp4")) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= count:
+                return
+            yield cv2.resize(frame.to_ndarray(format="rgb24"), (width, height), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> dict[str, Path]:
+    """Short test videos: ``dog`` (30 frames, 320x180), ``dog60`` (60 frames), ``long`` (250 tiny frames)."""
+    folder = tmp_path_factory.mktemp("videos")
+    made = {
+        "dog": write_video(folder / "dog.mp4", dog_frames(shared_dir, 30)),
+        "dog60": write_video(folder / "dog60.mp4", dog_frames(shared_dir, 60)),
+        "long": write_video(folder / "long.mp4", (np.full((36, 64, 3), i % 255, np.uint8) for i in range(250))),
+    }
+    data = made["dog"].read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (folder / "text.mp4").write_bytes(b"this is not a video\n" * 50)
+    (folder / "empty.mp4").write_bytes(b"")
+    made.update({"truncated": folder / "truncated.mp4", "text": folder / "text.mp4", "empty": folder / "empty.mp4"})
+    return made
