@@ -1,0 +1,91 @@
+"""The classical engine through ``track()`` on real DAVIS frames."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.metrics import region_similarity
+from vos.engine import create_engine
+from vos.engines.classical import ClassicalEngine
+from vos.errors import EngineError, UnsupportedPromptError
+from vos.masks import read_label_png
+from vos.prompts import Box, ObjectPrompt, Reference
+from vos.tracker import track
+from vos.video import open_video
+
+SEQUENCE, N_FRAMES = "car-roundabout", 25
+
+
+def _gt(root: Path, sequence: str, n: int) -> np.ndarray:
+    paths = sorted((root / "Annotations" / "480p" / sequence).glob("*.png"))[:n]
+    return np.stack([read_label_png(p) > 0 for p in paths])
+
+
+def _run(root: Path, sequence: str, prompts: list[ObjectPrompt], n: int, **options: object) -> list[dict[int, np.ndarray]]:
+    engine = create_engine("classical", **options)
+    with open_video(root / "JPEGImages" / "480p" / sequence) as video:
+        return [{i: r.mask for i, r in result.objects.items()} for result in islice(track(video, engine, prompts), n)]
+
+
+def test_tracking_beats_plain_flow_warping(davis16_root: Path, shared_dir: Path) -> None:
+    gt = _gt(davis16_root, SEQUENCE, N_FRAMES)
+    masks = np.stack([frame[1] for frame in _run(davis16_root, SEQUENCE, [ObjectPrompt(object_id=1, mask=gt[0])], N_FRAMES)])
+    packed = np.load(shared_dir / "fixtures" / "davis_metrics" / "flow_masks_packbits.npz")[SEQUENCE][:N_FRAMES]
+    baseline = np.unpackbits(packed, axis=-1, count=854).astype(bool)
+    ours = float(np.mean(region_similarity(gt[1:], masks[1:])))
+    flow = float(np.mean(region_similarity(gt[1:], baseline[1:])))
+    assert ours > flow + 0.05, (ours, flow)
+    assert ours > 0.8
+
+
+def test_two_objects_never_overlap_and_scores_are_probabilities(davis16_root: Path) -> None:
+    gt = _gt(davis16_root, "blackswan", 1)[0]
+    ys, xs = np.nonzero(gt)
+    # A second object sharing half the swan's box forces contested pixels.
+    box = Box(x0=float(xs.min()), y0=float(ys.min()), x1=float((xs.min() + xs.max()) / 2), y1=float(ys.max()))
+    prompts = [ObjectPrompt(object_id=1, mask=gt), ObjectPrompt(object_id=2, box=box)]
+    engine = create_engine("classical")
+    with open_video(davis16_root / "JPEGImages" / "480p" / "blackswan") as video:
+        for result in islice(track(video, engine, prompts), 8):
+            assert set(result.objects) == {1, 2}
+            assert not (result.objects[1].mask & result.objects[2].mask).any()
+            assert all(0.0 <= r.score <= 1.0 for r in result.objects.values())
+            assert result.objects[1].present
+
+
+def test_deterministic(davis16_root: Path) -> None:
+    gt = _gt(davis16_root, "dog", 1)[0]
+    ys, xs = np.nonzero(gt)
+    prompts = [ObjectPrompt(object_id=1, box=Box(x0=float(xs.min()), y0=float(ys.min()), x1=float(xs.max()), y1=float(ys.max())))]
+    first = _run(davis16_root, "dog", prompts, 6)
+    second = _run(davis16_root, "dog", prompts, 6)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        ObjectPrompt(object_id=1, text="a black swan"),
+        ObjectPrompt(object_id=1, reference=Reference(image=np.zeros((8, 8, 3), np.uint8), mask=np.ones((8, 8), bool))),
+    ],
+)
+def test_text_and_reference_prompts_name_seem(prompt: ObjectPrompt) -> None:
+    with pytest.raises(UnsupportedPromptError, match="seem"):
+        ClassicalEngine().check_prompts([prompt])
+
+
+def test_unsupported_prompt_fails_before_decoding(davis16_root: Path) -> None:
+    with open_video(davis16_root / "JPEGImages" / "480p" / "blackswan") as video:
+        with pytest.raises(UnsupportedPromptError, match="seem"):
+            track(video, create_engine("classical"), [ObjectPrompt(object_id=1, text="swan")])
+
+
+def test_bad_options_are_engine_errors() -> None:
+    with pytest.raises(EngineError, match="flow_preset"):
+        ClassicalEngine(flow_preset="slowest")
+    with pytest.raises(EngineError, match="working_width"):
+        ClassicalEngine(working_width=8)

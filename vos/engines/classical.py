@@ -1,0 +1,245 @@
+"""The weight-free default engine: optical-flow propagation refined by a graph cut with first-frame colour models.
+
+Every frame, at a reduced working resolution:
+
+1. **Motion prior.** DIS optical flow from the current to the previous frame pulls each object's previous mask
+   forward. Flow at object boundaries often follows the background and drags masks off fast objects, so the
+   object's overall affine motion is fitted with RANSAC to the flow of its interior and replaces the per-pixel flow
+   wherever the two disagree.
+2. **Graph cut in a band.** GrabCut decides the pixels within ``band`` of the moved mask's boundary (deeper inside
+   is sure object, farther out sure background), with colour models (GMMs) learnt on the prompt frame and *frozen*:
+   re-anchoring every frame to the prompt's appearance stops the slow drift of pure propagation, and the
+   contrast-sensitive smoothness snaps the boundary to image edges.
+3. **Sanity checks.** When the cut disagrees strongly with the motion prior (the colours no longer explain the
+   object: it turned, or the light changed), the motion prior is kept. Small detached blobs are dropped, because
+   background dragged along by the flow would otherwise be propagated forever.
+
+Only the previous grey frame and each object's mask and colour models are kept. Objects are made exclusive on the
+full-resolution masks: a contested pixel goes to the object whose smoothed mask is higher there. Text and
+reference-image prompts need the SEEM engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import cv2
+import numpy as np
+
+from vos.engine import Engine, ObjectResult
+from vos.engines.initial_mask import initial_mask
+from vos.errors import EngineError
+from vos.masks import exclusive_masks
+from vos.prompts import ObjectPrompt
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+_AFFINE_SAMPLES = 4000  # flow vectors sampled to fit an object's affine motion: plenty for 6 parameters
+_MIN_BLOB_SHARE = 0.2  # detached blobs smaller than this share of an object's largest blob are dropped
+
+
+@dataclass
+class _Track:
+    """One object's state at working resolution."""
+
+    mask: np.ndarray  # bool [h, w] on the previous frame
+    bg_model: np.ndarray  # GrabCut's background GMM (float64 [1, 65]), learnt on the prompt frame
+    fg_model: np.ndarray  # GrabCut's object GMM
+    score: float
+
+
+class ClassicalEngine(Engine):
+    """Flow propagation + frozen-colour-model graph cut, without learned weights (see the module docstring).
+
+    Options: ``working_width`` (frames wider than this are processed downscaled to it; masks are returned at full
+    size), ``flow_preset`` (DIS ``ultrafast``/``fast``/``medium``), ``band`` (half-width of the band the graph cut
+    may change, as a fraction of the working width), ``min_agreement`` (IoU with the motion prior below which the
+    cut is distrusted), ``flow_tolerance`` (pixels a flow vector may deviate from the object's affine motion).
+    """
+
+    name: ClassVar[str] = "classical"
+    supported_prompts: ClassVar[frozenset[str]] = frozenset({"mask", "points", "box", "scribble"})
+    unsupported_hint: ClassVar[str] = "text and reference-image prompts need the 'seem' engine (--engine seem)"
+
+    def __init__(
+        self,
+        working_width: int = 480,
+        flow_preset: str = "fast",
+        band: float = 0.02,
+        min_agreement: float = 0.7,
+        flow_tolerance: float = 2.0,
+    ) -> None:
+        if working_width < 32:
+            raise EngineError(f"working_width must be at least 32 pixels, got {working_width}")
+        if flow_preset not in _DIS_PRESETS:
+            raise EngineError(f"flow_preset must be one of {', '.join(_DIS_PRESETS)}, got {flow_preset!r}")
+        if not 0.0 < band < 0.5:
+            raise EngineError(f"band must lie in (0, 0.5), got {band}")
+        if not 0.0 <= min_agreement <= 1.0:
+            raise EngineError(f"min_agreement must lie in [0, 1], got {min_agreement}")
+        self.working_width = working_width
+        self.flow_preset = flow_preset
+        self.band = band
+        self.min_agreement = min_agreement
+        self.flow_tolerance = flow_tolerance
+        self.reset()
+
+    def reset(self) -> None:
+        self._tracks: dict[int, _Track] = {}
+        self._previous_gray: np.ndarray | None = None
+        self._flow = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.flow_preset])
+
+    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
+        self.check_prompts(prompts)
+        small = self._downscale(frame)
+        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)  # GrabCut's channel order
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        if self._tracks and self._previous_gray is not None:
+            flow = self._flow.calc(gray, self._previous_gray, None)
+            for track in self._tracks.values():
+                self._propagate(track, flow, bgr)
+        for prompt in prompts:
+            self._tracks[prompt.object_id] = self._start(frame, prompt, bgr)
+        self._previous_gray = gray
+        return self._results(frame.shape[:2])
+
+    # ------------------------------------------------------------------------------------------------ per object
+
+    def _start(self, frame: np.ndarray, prompt: ObjectPrompt, bgr: np.ndarray) -> _Track:
+        full = initial_mask(frame, prompt)
+        mask = _resize(full.astype(np.float32), bgr.shape[:2]) > 0.5
+        bg_model, fg_model = np.zeros((1, 65)), np.zeros((1, 65))
+        if mask.any():
+            crop = _bounds(_within(mask, 4 * self._reach(mask)))
+            labels = np.where(mask, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)[crop]
+            cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
+            cv2.grabCut(np.ascontiguousarray(bgr[crop]), labels, None, bg_model, fg_model, 1, cv2.GC_INIT_WITH_MASK)
+        return _Track(mask, bg_model, fg_model, 1.0 if mask.any() else 0.0)
+
+    def _propagate(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> None:
+        prior = self._motion_prior(track.mask, flow)
+        if not prior.any():
+            track.mask, track.score = prior, 0.0
+            return
+        cut = _overlapping(self._graph_cut(track, prior, bgr), prior)
+        agreement = np.count_nonzero(cut & prior) / np.count_nonzero(cut | prior)
+        track.mask = cut if agreement >= self.min_agreement else prior
+        track.score = float(agreement)
+
+    def _motion_prior(self, previous: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        """The previous mask moved to this frame: per-pixel flow where it follows the object's affine motion."""
+        local = _warp(previous.astype(np.float32), flow)
+        interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        affine = _fit_affine(interior if interior.any() else previous, flow)
+        if affine is None:
+            return local > 0.5
+        height, width = previous.shape
+        # ``affine`` maps current to previous coordinates, which is warpAffine's inverse map.
+        whole = cv2.warpAffine(previous.astype(np.float32), affine, (width, height),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        a = affine.astype(np.float32)
+        deviation = np.hypot(a[0, 0] * grid_x + a[0, 1] * grid_y + a[0, 2] - grid_x - flow[..., 0],
+                             a[1, 0] * grid_x + a[1, 1] * grid_y + a[1, 2] - grid_y - flow[..., 1])
+        return np.where(deviation <= self.flow_tolerance, local, whole) > 0.5
+
+    def _graph_cut(self, track: _Track, prior: np.ndarray, bgr: np.ndarray) -> np.ndarray:
+        """GrabCut with the frozen prompt-frame models, free only within the band around ``prior``'s boundary."""
+        reach = self._reach(prior)
+        inside = cv2.distanceTransform(prior.astype(np.uint8), cv2.DIST_L2, 3)
+        outside = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 3)
+        trimap = np.full(prior.shape, cv2.GC_BGD, np.uint8)
+        trimap[outside <= reach] = cv2.GC_PR_BGD
+        trimap[prior] = cv2.GC_PR_FGD
+        trimap[inside > reach] = cv2.GC_FGD
+        crop = _bounds(outside <= 2 * reach)  # background context for the smoothness term, not the whole frame
+        labels = np.ascontiguousarray(trimap[crop])
+        cv2.grabCut(np.ascontiguousarray(bgr[crop]), labels, None, track.bg_model, track.fg_model, 1,
+                    cv2.GC_EVAL_FREEZE_MODEL)
+        mask = np.zeros_like(prior)
+        mask[crop] = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        return mask
+
+    def _reach(self, mask: np.ndarray) -> float:
+        return max(2.0, self.band * mask.shape[1])
+
+    # ------------------------------------------------------------------------------------------------ output
+
+    def _results(self, shape: tuple[int, int]) -> dict[int, ObjectResult]:
+        # Upsampling the smoothed masks (not the binary ones) keeps the boundaries from turning blocky.
+        soft = {i: _resize(cv2.GaussianBlur(t.mask.astype(np.float32), (0, 0), 0.7), shape)
+                for i, t in self._tracks.items()}
+        masks = exclusive_masks(soft)
+        return {i: ObjectResult(i, masks[i], t.score if masks[i].any() else 0.0) for i, t in self._tracks.items()}
+
+    def _downscale(self, frame: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        if width <= self.working_width:
+            return frame
+        size = (self.working_width, max(1, round(height * self.working_width / width)))
+        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _warp(image: np.ndarray, backward_flow: np.ndarray) -> np.ndarray:
+    """Pull the previous frame's values along the flow from the current frame to the previous one."""
+    height, width = image.shape
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return cv2.remap(image, grid_x + backward_flow[..., 0], grid_y + backward_flow[..., 1],
+                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray) -> np.ndarray | None:
+    """Affine map (2x3, current -> previous coordinates) fitted with RANSAC to the flow landing in ``mask``."""
+    height, width = mask.shape
+    step = max(1, int(np.sqrt(mask.size / _AFFINE_SAMPLES)))
+    ys, xs = np.mgrid[0:height:step, 0:width:step]
+    fx, fy = backward_flow[ys, xs, 0], backward_flow[ys, xs, 1]
+    px, py = np.round(xs + fx).astype(int), np.round(ys + fy).astype(int)
+    valid = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+    landed = np.zeros_like(valid)
+    landed[valid] = mask[py[valid], px[valid]]
+    if landed.sum() < 12:
+        return None
+    current = np.stack([xs[landed], ys[landed]], axis=1).astype(np.float32)
+    previous = np.stack([xs[landed] + fx[landed], ys[landed] + fy[landed]], axis=1).astype(np.float32)
+    cv2.setRNGSeed(0)  # RANSAC samples from the global RNG; reseed so results are reproducible
+    affine, _ = cv2.estimateAffine2D(current, previous, ransacReprojThreshold=2.0, maxIters=200, refineIters=5)
+    return affine
+
+
+def _within(mask: np.ndarray, distance: float) -> np.ndarray:
+    """Pixels within ``distance`` of ``mask`` (the mask included)."""
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3) <= distance
+
+
+def _bounds(region: np.ndarray) -> tuple[slice, slice]:
+    """The bounding box of a non-empty region as a pair of slices."""
+    ys, xs = np.nonzero(region)
+    return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
+
+
+def _overlapping(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """Keep the blobs of ``mask`` that overlap ``anchor`` and are not tiny next to its largest blob."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    areas[0] = 0
+    keep = np.zeros(count, bool)
+    keep[np.unique(components[anchor & mask])] = True
+    keep &= areas >= _MIN_BLOB_SHARE * areas.max()
+    keep[0] = False
+    return keep[components]
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == shape:
+        return image
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,158 @@
+"""Prompt -> first-frame mask without learned weights: GrabCut seeded by the prompt.
+
+A mask prompt is taken as given. Boxes, points and scribbles become GrabCut's trimap: a box bounds the object
+(everything outside is background), positive clicks and strokes are sure foreground, negative ones sure background,
+and the region the object probably covers is guessed from the positive seeds when no box is given. GrabCut runs on a
+crop around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from vos.errors import PromptError
+from vos.prompts import ObjectPrompt
+
+GEOMETRIC_KINDS = frozenset({"mask", "points", "box", "scribble"})
+
+# Without a box, the object is assumed to extend this fraction of the frame's shorter side around a lone click ...
+POINT_EXTENT = 0.25
+# ... and this fraction of the seeds' own extent beyond the bounding box of several seeds or strokes.
+SEED_MARGIN = 0.35
+# Background context kept around the probable-object region: GrabCut learns the background colours from it.
+CONTEXT_MARGIN = 0.5
+
+
+def initial_mask(
+    frame: np.ndarray, prompt: ObjectPrompt, iterations: int = 5, max_side: int = 480
+) -> np.ndarray:
+    """The object's mask (bool ``[H, W]``) on ``frame`` (RGB uint8) from its mask, points, box and scribbles."""
+    if prompt.mask is not None:
+        return prompt.mask.astype(bool)
+    if not prompt.kinds & GEOMETRIC_KINDS:
+        raise PromptError(f"object {prompt.object_id}: a mask, points, box or scribble is needed to find it on the frame")
+    height, width = frame.shape[:2]
+    trimap = _trimap(prompt, height, width)
+    fg_seed = trimap == cv2.GC_FGD
+    mask = _grabcut_in_crop(frame, trimap, iterations, max_side)
+    mask |= fg_seed
+    return _keep_seeded_components(mask, fg_seed)
+
+
+def _trimap(prompt: ObjectPrompt, height: int, width: int) -> np.ndarray:
+    """GrabCut's label map: sure/probable background/foreground from the prompt's geometry."""
+    positive, negative = _seed_masks(prompt, height, width)
+    if prompt.box is None and not positive.any():
+        raise PromptError(f"object {prompt.object_id}: the prompt marks no foreground (only negative points/strokes)")
+    if prompt.box is not None:
+        trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
+        x0, y0, x1, y1 = _box_pixels(prompt, height, width)
+        trimap[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    elif any(scribble.positive for scribble in prompt.scribbles):
+        # Strokes sample the object's colours well: the region around them starts as probable background, so
+        # GrabCut learns the object model from the strokes alone and grows it to what matches them.
+        trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
+        x0, y0, x1, y1 = _probable_region(positive, height, width)
+        trimap[y0:y1, x0:x1] = cv2.GC_PR_BGD
+    else:
+        # A few clicks sample too few colours for that: the region around them starts as probable object.
+        trimap = np.full((height, width), cv2.GC_PR_BGD, np.uint8)
+        x0, y0, x1, y1 = _probable_region(positive, height, width)
+        trimap[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    trimap[positive] = cv2.GC_FGD
+    trimap[negative] = cv2.GC_BGD
+    return trimap
+
+
+def _box_pixels(prompt: ObjectPrompt, height: int, width: int) -> tuple[int, int, int, int]:
+    box = prompt.box
+    assert box is not None
+    x0, y0 = max(0, int(np.floor(box.x0))), max(0, int(np.floor(box.y0)))
+    x1, y1 = min(width, int(np.ceil(box.x1)) + 1), min(height, int(np.ceil(box.y1)) + 1)
+    return x0, y0, x1, y1
+
+
+def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sure-foreground and sure-background pixels: clicks as small discs, strokes as drawn."""
+    positive = np.zeros((height, width), np.uint8)
+    negative = np.zeros((height, width), np.uint8)
+    radius = max(2, round(0.008 * min(height, width)))  # a click is imprecise by a few pixels
+    for point in prompt.points:
+        target = positive if point.positive else negative
+        cv2.circle(target, (int(round(point.x)), int(round(point.y))), radius, 1, -1)
+    for scribble in prompt.scribbles:
+        target = positive if scribble.positive else negative
+        target |= scribble.rasterize(height, width).astype(np.uint8)
+    negative &= 1 - positive  # where seeds contradict, the positive one wins
+    return positive.astype(bool), negative.astype(bool)
+
+
+def _probable_region(positive: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """Where the object probably lies when no box bounds it: around the positive seeds."""
+    ys, xs = np.nonzero(positive)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    reach = POINT_EXTENT * min(height, width)
+    grow_x = max(reach, SEED_MARGIN * (x1 - x0))
+    grow_y = max(reach, SEED_MARGIN * (y1 - y0))
+    return (max(0, int(x0 - grow_x)), max(0, int(y0 - grow_y)), min(width, int(x1 + grow_x)), min(height, int(y1 + grow_y)))
+
+
+def _grabcut_in_crop(frame: np.ndarray, trimap: np.ndarray, iterations: int, max_side: int) -> np.ndarray:
+    """Run GrabCut on the probable region plus background context, downscaled; return the full-frame mask."""
+    height, width = trimap.shape
+    ys, xs = np.nonzero(trimap != cv2.GC_BGD)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    mx, my = int(CONTEXT_MARGIN * (x1 - x0)) + 8, int(CONTEXT_MARGIN * (y1 - y0)) + 8
+    cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
+    crop_image, crop_trimap = frame[cy0:cy1, cx0:cx1], trimap[cy0:cy1, cx0:cx1]
+    scale = min(1.0, max_side / max(crop_image.shape[:2]))
+    if scale < 1.0:
+        size = (max(1, round(crop_image.shape[1] * scale)), max(1, round(crop_image.shape[0] * scale)))
+        crop_image = cv2.resize(crop_image, size, interpolation=cv2.INTER_AREA)
+        crop_trimap = _downscale_trimap(crop_trimap, size)
+    labels = _grabcut(crop_image, crop_trimap, iterations)
+    probability = labels.astype(np.float32)
+    if scale < 1.0:
+        probability = cv2.resize(probability, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_LINEAR)
+    mask = np.zeros((height, width), bool)
+    mask[cy0:cy1, cx0:cx1] = probability > 0.5
+    return mask
+
+
+def _downscale_trimap(trimap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Shrink a trimap without losing thin seeds: a sure label survives wherever any of its pixels falls."""
+    small = cv2.resize(trimap, size, interpolation=cv2.INTER_NEAREST)
+    for label in (cv2.GC_BGD, cv2.GC_FGD):  # foreground last: where seeds contradict, positive wins
+        seeds = cv2.resize((trimap == label).astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+        if label == cv2.GC_BGD:
+            seeds &= small != cv2.GC_PR_FGD  # a box's outside must not eat into its inside at the rim
+        small[seeds] = label
+    return small
+
+
+def _grabcut(image: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarray:
+    """GrabCut's foreground (bool) on an RGB image with the given trimap."""
+    labels = trimap.copy()
+    has_bg = np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
+    has_fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
+    if not (has_bg and has_fg):  # GrabCut needs samples of both to fit its colour models
+        return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
+    cv2.grabCut(bgr, labels, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
+    return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+
+
+def _keep_seeded_components(mask: np.ndarray, fg_seed: np.ndarray) -> np.ndarray:
+    """Drop blobs that touch no positive seed (with no seeds, keep blobs of at least a tenth of the largest)."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    if fg_seed.any():
+        keep = np.unique(components[fg_seed & mask])
+    else:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = 1 + np.flatnonzero(areas >= 0.1 * areas.max())
+    return np.isin(components, keep[keep > 0])
