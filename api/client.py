@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import subprocess
 import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import httpx
+import numpy as np
 
-from vos.cli import add_engine_arguments, engine_options, prompts_from_args
+from api.cli import free_port
+from vos.cli import add_engine_arguments, add_prompt_arguments, engine_options, prompts_from_args
 from vos.errors import VosError
 from vos.masks import encode_rle
 from vos.prompts import ObjectPrompt
@@ -85,41 +93,81 @@ def prompt_json(prompt: ObjectPrompt) -> dict[str, Any]:
     if prompt.scribbles:
         item["scribbles"] = [s.model_dump(exclude={"mask"}) for s in prompt.scribbles]
     if prompt.reference is not None:
-        raise ServiceError("reference prompts are not supported by vos submit yet; use the API directly")
+        item["reference"] = {"image": {"png_base64": _png_base64(prompt.reference.image[..., ::-1])},
+                             "mask": {"rle": encode_rle(prompt.reference.mask)}}
     return item
+
+
+def _png_base64(bgr: np.ndarray) -> str:
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    if not ok:
+        raise ServiceError("cannot encode the reference image as PNG")
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+@contextmanager
+def local_service(timeout: float = 120.0) -> Iterator[str]:
+    """Run ``vos serve`` (API, one worker, embedded Redis, temporary storage) for the duration of the block."""
+    with tempfile.TemporaryDirectory(prefix="vos-local-") as storage:
+        port = free_port()
+        command = [sys.executable, "-m", "vos.cli", "serve", "--port", str(port), "--storage", storage]
+        env = {k: v for k, v in os.environ.items() if k not in ("VOS_REDIS_URL", "REDIS_URL")}  # embedded Redis
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_until_ready(url, process, timeout)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"the local service exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServiceError(f"the local service was not ready after {timeout:g} s")
 
 
 # ---------------------------------------------------------------------------------------------- vos submit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vos.cli import _PromptItem  # the same repeatable prompt options as vos track
-
     parser = subparsers.add_parser("submit", help="send a video to a seem-vos server and download the masks")
     parser.add_argument("video", type=Path, help="video file to upload")
-    parser.add_argument("--server", default=os.environ.get("VOS_SERVER", "http://127.0.0.1:8000"),
+    server = parser.add_mutually_exclusive_group()
+    server.add_argument("--server", default=os.environ.get("VOS_SERVER", "http://127.0.0.1:8000"),
                         help="API base URL (default $VOS_SERVER or http://127.0.0.1:8000)")
+    server.add_argument("--local", action="store_true",
+                        help="start a private service on this machine (API, worker, embedded Redis) for this job")
     parser.add_argument("--api-key", default=os.environ.get("VOS_API_KEY"), help="API key (default $VOS_API_KEY)")
-    for option, metavar in (("object", "ID"), ("mask", "PNG"), ("label-map", "PNG"), ("point", "X,Y"),
-                            ("negative", "X,Y"), ("box", "X0,Y0,X1,Y1"), ("scribble", "X,Y;X,Y;..."), ("text", "PHRASE")):
-        parser.add_argument(f"--{option}", dest=option.replace("-", "_"), action=_PromptItem, metavar=metavar,
-                            type=int if option == "object" else str)
-    parser.add_argument("--scribble-width", type=float, default=5.0)
+    add_prompt_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("vos-out"), help="folder for the results (default ./vos-out)")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay MP4")
-    parser.set_defaults(func=run_submit, prompt_items=None)
+    parser.set_defaults(func=run_submit)
 
 
 def run_submit(args: argparse.Namespace) -> int:
     prompts = [prompt_json(p) for p in prompts_from_args(args.prompt_items or [], args.scribble_width)]
-    client = VosClient(args.server, args.api_key)
-    try:
-        return _submit_and_download(client, args, prompts)
-    except httpx.HTTPError as error:
-        raise ServiceError(f"cannot talk to {args.server}: {error}") from error
-    finally:
-        client.close()
+    with ExitStack() as stack:
+        server = stack.enter_context(local_service()) if args.local else args.server
+        client = VosClient(server, args.api_key)
+        stack.callback(client.close)
+        try:
+            return _submit_and_download(client, args, prompts)
+        except httpx.HTTPError as error:
+            raise ServiceError(f"cannot talk to {server}: {error}") from error
 
 
 def _submit_and_download(client: VosClient, args: argparse.Namespace, prompts: list[dict[str, Any]]) -> int:

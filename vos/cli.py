@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """Engine choice and options shared by every command that runs an engine (track, eval, submit)."""
     parser.add_argument("--engine", default="classical", choices=available_engines(), help="tracking engine (default: classical, weight-free)")
-    parser.add_argument("--weights", help="SEEM checkpoint: a file path, seem-focalt or seem-focall")
+    parser.add_argument("--weights", help="SEEM checkpoint: a file path, seem-focalt or seem-focall (downloaded on first use)")
+    parser.add_argument("--variant", help="SEEM architecture of a checkpoint file: focalt (default), focall or an official config YAML")
     parser.add_argument("--device", help="torch device for model engines, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="model precision")
     parser.add_argument("--resolution", type=int, help="model input short side in pixels (SEEM default 512)")
@@ -67,7 +68,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine options the user set (unset ones keep each engine's defaults)."""
-    names = ("weights", "device", "precision", "resolution", "seed")
+    names = ("weights", "variant", "device", "precision", "resolution", "seed")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -83,14 +84,9 @@ class _PromptItem(argparse.Action):
         namespace.prompt_items = items
 
 
-def _register_track(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "track",
-        help="segment prompted objects on the first frame and track them through a video",
-        description="Prompts apply to the current object; --object ID starts another one (default id 1).",
-    )
-    parser.add_argument("video", help="video file (mp4, mov, mkv, webm) or folder of JPEG/PNG frames")
-    prompts = parser.add_argument_group("prompts (repeatable, in order)")
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """The repeatable prompt options shared by ``vos track`` and ``vos submit``; read them with :func:`prompts_from_args`."""
+    prompts = parser.add_argument_group("prompts (repeatable, in order; --object ID starts another object, default id 1)")
     prompts.add_argument("--object", dest="object", type=int, action=_PromptItem, metavar="ID", help="start the prompts of object ID")
     prompts.add_argument("--mask", dest="mask", action=_PromptItem, metavar="PNG", help="mask PNG of the object (non-zero = object)")
     prompts.add_argument("--label-map", dest="label_map", action=_PromptItem, metavar="PNG",
@@ -102,11 +98,19 @@ def _register_track(subparsers: argparse._SubParsersAction) -> None:
     prompts.add_argument("--text", dest="text", action=_PromptItem, metavar="PHRASE", help="text phrase (SEEM engine)")
     prompts.add_argument("--reference", dest="reference", action=_PromptItem, metavar="IMAGE:MASK",
                          help="reference image and its object mask (SEEM engine)")
-    parser.add_argument("--scribble-width", type=float, default=5.0, help="stroke width in pixels (default 5)")
+    prompts.add_argument("--scribble-width", type=float, default=5.0, help="stroke width in pixels (default 5)")
+    parser.set_defaults(prompt_items=None)
+
+
+def _register_track(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "track", help="segment prompted objects on the first frame and track them through a video")
+    parser.add_argument("video", help="video file (mp4, mov, mkv, webm) or folder of JPEG/PNG frames")
+    add_prompt_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("vos-out"), help="output folder (default ./vos-out)")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay MP4")
-    parser.set_defaults(func=run_track, prompt_items=None)
+    parser.set_defaults(func=run_track)
 
 
 def run_track(args: argparse.Namespace) -> int:

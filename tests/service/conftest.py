@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ sys.path.insert(0, str(SERVICE_DIR))
 
 from service_engines import register_test_engines  # noqa: E402
 
+from api.cli import free_port  # noqa: E402
 from workers.jobs import JobStore  # noqa: E402
 from workers.settings import ServiceSettings  # noqa: E402
 
@@ -136,18 +136,12 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(settings: ServiceSettings, workers: Workers) -> Iterator[Server]:
     from api.app import create_app
 
     register_test_engines()
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
