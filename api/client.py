@@ -18,7 +18,7 @@ import cv2
 import httpx
 import numpy as np
 
-from api.cli import free_port
+from api.cli import free_port, stop_process
 from vos.cli import add_engine_arguments, add_prompt_arguments, engine_options, prompts_from_args
 from vos.errors import VosError
 from vos.masks import encode_rle
@@ -118,11 +118,7 @@ def local_service(timeout: float = 120.0) -> Iterator[str]:
             _wait_until_ready(url, process, timeout)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:

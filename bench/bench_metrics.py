@@ -1,10 +1,10 @@
 """Time the DAVIS J/F evaluation of the 10 shared DAVIS 2016 val sequences.
 
-Usage: python bench/bench_metrics.py [--root ../shared/data/davis16] [--set flow] [--repeat 3]
+Usage: python bench/bench_metrics.py [--root ../shared/data/davis16] [--repeat 3]
 
-The prediction set is rebuilt from the ground truth (or, for ``flow``, read from the stored masks), as in
-``../shared/fixtures/davis_metrics/PREDICTIONS.md``. Loading is timed apart from the metrics, which are what this
-benchmark is about; the reported metric time is the best of ``--repeat`` runs (the machine is shared).
+The predictions are the stored ``flow`` set of ``../shared/fixtures/davis_metrics`` (a realistic, imperfect
+tracker). Loading is timed apart from the metrics, which are what this benchmark is about; the reported metric
+time is the best of ``--repeat`` runs (the machine is shared).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,34 +24,14 @@ from eval.metrics import SequenceMetrics, evaluate_sequence, summarize  # noqa: 
 
 SHARED = REPO_ROOT.parent / "shared"
 FLOW_MASKS = SHARED / "fixtures" / "davis_metrics" / "flow_masks_packbits.npz"
-SETS = ("static", "shift", "erode_dilate", "empty_late", "flow")
-
-
-def make_prediction(kind: str, gt: np.ndarray, name: str) -> np.ndarray:
-    """Prediction label maps ``[N, H, W]`` of one sequence for one of the reference sets."""
-    if kind == "static":
-        return np.repeat(gt[:1], len(gt), axis=0)
-    if kind == "shift":
-        pred = np.zeros_like(gt)
-        pred[:, 3:, 7:] = gt[:, :-3, :-7]
-        return pred
-    if kind == "erode_dilate":
-        k = np.ones((5, 5), np.uint8)
-        return np.stack([(cv2.erode if t % 2 == 0 else cv2.dilate)(m, k) for t, m in enumerate(gt)])
-    if kind == "empty_late":
-        pred = gt.copy()
-        pred[len(gt) // 2 :] = 0
-        return pred
-    if kind == "flow":
-        packed = np.load(FLOW_MASKS)[name]
-        return np.unpackbits(packed, axis=-1, count=gt.shape[-1]).astype(np.uint8)
-    raise ValueError(f"unknown prediction set {kind!r}; choose from {SETS}")
+def flow_prediction(name: str, width: int) -> np.ndarray:
+    """The stored ``flow`` prediction set of one sequence (DIS-flow propagation, bit-exact), uint8 ``[N, H, W]``."""
+    return np.unpackbits(np.load(FLOW_MASKS)[name], axis=-1, count=width).astype(np.uint8)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=SHARED / "data" / "davis16")
-    parser.add_argument("--set", choices=SETS, default="flow")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
@@ -60,7 +39,7 @@ def main() -> None:
     data = []
     for seq in Davis2016(args.root):
         gt = seq.annotations()
-        data.append((seq.name, gt, make_prediction(args.set, gt, seq.name)))
+        data.append((seq.name, gt, flow_prediction(seq.name, gt.shape[-1])))
     load_s = time.perf_counter() - t0
 
     best, best_cpu = float("inf"), float("inf")
@@ -73,8 +52,8 @@ def main() -> None:
 
     n_frames = sum(len(m.frame_indices) for m in results)
     summary = summarize(results)
-    print(f"set={args.set} sequences={summary.n_sequences} objects={summary.n_objects}")
-    print(f"loading GT + building predictions: {load_s:.2f} s ({sum(len(g) for _, g, _ in data)} frames)")
+    print(f"set=flow sequences={summary.n_sequences} objects={summary.n_objects}")
+    print(f"loading GT + predictions: {load_s:.2f} s ({sum(len(g) for _, g, _ in data)} frames)")
     print(
         f"metrics: {n_frames} frames evaluated in {best:.2f} s wall, {best_cpu:.2f} s CPU (best of {args.repeat}), "
         f"{1000 * best / n_frames:.2f} ms/frame"

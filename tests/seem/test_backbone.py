@@ -34,14 +34,6 @@ def _load_backbone(config_file: Path, weights_file: Path) -> FocalNet:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The CI box is small and shared; oversubscribed OpenMP threads make these tiny runs 10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def tiny_io(seem_fixtures: Path) -> dict[str, torch.Tensor]:
     return torch.load(seem_fixtures / "tiny_io.pt", map_location="cpu")

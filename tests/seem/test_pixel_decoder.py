@@ -27,14 +27,6 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The CI box is small and shared; oversubscribed OpenMP threads make these tiny runs 10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def tiny(seem_fixtures: Path) -> dict:
     model_cfg = yaml.safe_load((seem_fixtures / "tiny_config.yaml").read_text())["MODEL"]
