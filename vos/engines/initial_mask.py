@@ -1,9 +1,10 @@
 """Prompt -> first-frame mask without learned weights: GrabCut seeded by the prompt.
 
 A mask prompt is taken as given. Boxes, points and scribbles become GrabCut's trimap: a box bounds the object
-(everything outside is background), positive clicks and strokes are sure foreground, negative ones sure background,
-and the region the object probably covers is guessed from the positive seeds when no box is given. GrabCut runs on a
-crop around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count.
+(everything outside is background, and inside it the colours more common around the box than within it start as
+probable background), positive clicks and strokes are sure foreground, negative ones sure background, and the
+region the object probably covers is guessed from the positive seeds when no box is given. GrabCut runs on a crop
+around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ POINT_EXTENT = 0.25
 SEED_MARGIN = 0.35
 # Background context kept around the probable-object region: GrabCut learns the background colours from it.
 CONTEXT_MARGIN = 0.5
+# Lab quantisation levels per channel of the colour histograms that compare a box's inside with its surroundings.
+BOX_COLOUR_BINS = 16
 
 
 def initial_mask(
@@ -34,6 +37,8 @@ def initial_mask(
         raise PromptError(f"object {prompt.object_id}: a mask, points, box or scribble is needed to find it on the frame")
     height, width = frame.shape[:2]
     trimap = _trimap(prompt, height, width)
+    if prompt.box is not None:
+        _demote_surrounding_colours(frame, trimap)
     fg_seed = trimap == cv2.GC_FGD
     mask = _grabcut_in_crop(frame, trimap, iterations, max_side)
     mask |= fg_seed
@@ -63,6 +68,34 @@ def _trimap(prompt: ObjectPrompt, height: int, width: int) -> np.ndarray:
     trimap[positive] = cv2.GC_FGD
     trimap[negative] = cv2.GC_BGD
     return trimap
+
+
+def _demote_surrounding_colours(frame: np.ndarray, trimap: np.ndarray) -> None:
+    """Start the box's pixels whose colour is rarer inside the box than around it as probable background.
+
+    A box around a thin or concave object is mostly background; starting all of it as object lets GrabCut's object
+    model absorb a background colour that covers much of the box (blackswan's grey wall). A colour more frequent in
+    the ring around the box (the crop's context) than inside is background evidence the box prompt itself gives.
+    """
+    inside = trimap == cv2.GC_PR_FGD
+    if not inside.any():
+        return
+    ys, xs = np.nonzero(inside)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    mx, my = int(CONTEXT_MARGIN * (x1 - x0)) + 8, int(CONTEXT_MARGIN * (y1 - y0)) + 8
+    ring = np.zeros_like(inside)
+    ring[max(0, y0 - my):y1 + my, max(0, x0 - mx):x1 + mx] = True
+    ring &= ~inside
+    if not ring.any():  # the box covers the frame: nothing to compare with
+        return
+    lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB).astype(np.int32) * BOX_COLOUR_BINS >> 8
+    colour = (lab[..., 0] * BOX_COLOUR_BINS + lab[..., 1]) * BOX_COLOUR_BINS + lab[..., 2]
+    bins = BOX_COLOUR_BINS**3
+    inside_hist = (np.bincount(colour[inside], minlength=bins) + 0.5) / inside.sum()
+    ring_hist = (np.bincount(colour[ring], minlength=bins) + 0.5) / ring.sum()
+    demoted = inside & (inside_hist[colour] < ring_hist[colour])
+    if np.count_nonzero(demoted) < np.count_nonzero(inside):  # GrabCut needs some object samples to start from
+        trimap[demoted] = cv2.GC_PR_BGD
 
 
 def _box_pixels(prompt: ObjectPrompt, height: int, width: int) -> tuple[int, int, int, int]:
