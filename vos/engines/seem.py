@@ -1,0 +1,445 @@
+"""The ``seem`` engine: zero-shot video object segmentation with SEEM v1 memory prompts (spec §6, §7, §11.3).
+
+Every frame is encoded once (backbone + pixel decoder). Each tracked object then takes one batch element of a
+single decoder call on the shared features, with
+
+* its spatial prompt for the frame: its *anchor* tokens (referring-image tokens of the object's first-frame mask,
+  or of the user's reference image + mask) and/or a click at the interior of its previous mask
+  (``propagation`` = ``"reference"``, ``"click"`` or ``"both"``);
+* its previous mask logits as the memory prompt ``prev_mask``.
+
+The selected spatial query's mask logits become the object's next memory.
+
+**Absence.** A query's mask logit at a pixel is ``m . feature(pixel)`` (``m`` its mask embedding), and the anchor's
+pooled vector ``p`` is the mean feature of the object on its reference, so ``m . p`` is the mean logit the query
+would give the reference object. ``score = sigmoid(m . p)``: below ``absent_threshold`` (0.5, i.e. ``m . p < 0``)
+the region the decoder found does not look like the object, so the object is reported absent (empty mask) and
+its memory is dropped. While lost it is searched for with its anchor tokens and a memory that allows every
+location, the same decoder input a fresh object prompted with its reference gets, until the score is back up.
+
+**First frame.** A mask is taken as given. Points, boxes (as a click at the centre, the official "Box" mode, with
+the mask clipped to the box) and scribbles are decoded like interactive clicks; a text alone is grounded; a text
+next to a spatial prompt chooses among the 3 candidate masks by text similarity; a reference image + mask gives
+the anchor tokens (and is judged for absence, since nobody pointed at the object on the frame).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from vos.engine import Engine, ObjectResult
+from vos.errors import CheckpointError, DownloadError, EngineError, PromptError
+from vos.prompts import PROMPT_KINDS, Box, ObjectPrompt
+from vos.seem.config import SeemConfig
+from vos.seem.decoder import GroundingTokens, PromptTokens, select_spatial_masks
+from vos.seem.download import cached_path, download_checkpoint, get_checkpoint_info
+from vos.seem.model import ImageFeatures, SeemModel, build_seem, load_seem, upsample_logits
+from vos.seem.preprocess import pad_to_multiple
+
+PROPAGATION_MODES = ("reference", "click", "both")
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# A user mask fed back as memory needs logits, not 0/1: sigmoid(0) = 0.5 would leave the background attendable.
+MASK_LOGIT = 8.0
+# On its prompt frame a user mask wins every pixel it covers against the other objects.
+USER_MASK_PRIORITY = 1e4
+MASK_STRIDE = 4  # mask logits live on 1/4 of the padded input
+
+WeightsOption = str | Path | SeemConfig | SeemModel
+
+
+@dataclass
+class TrackState:
+    """What the engine keeps about one object between frames (read it for inspection; do not modify it)."""
+
+    object_id: int
+    query_indices: Tensor  # [3] object-query rows copied as the object's spatial queries, fixed per object
+    anchor: PromptTokens  # referring-image tokens of the object (batch 1)
+    memory: Tensor | None  # [h4, w4] mask logits of the last frame it was seen on; None while it is lost
+
+    @property
+    def prototype(self) -> Tensor:
+        """[C] mean mask feature of the object on its reference (the anchor's pooled vector)."""
+        return self.anchor.pooled_pos[0, 0]
+
+
+@dataclass
+class _Slot:
+    """One object's batch element in the frame's decoder call."""
+
+    object_id: int
+    tokens: PromptTokens
+    query_indices: Tensor
+    memory: Tensor | None = None  # None: the memory allows every location
+    anchor: PromptTokens | None = None  # None for a new object found by clicks (built from its first mask)
+    pointed: bool = False  # the user pointed at it on this frame: present by definition, no absence test
+    text: Tensor | None = None  # [P] sentence embedding that chooses among the candidate masks
+    keep: Tensor | None = None  # bool [h4, w4]: the box that bounds the mask
+
+
+@dataclass
+class _Outcome:
+    """One object on this frame before the objects are merged into one label per pixel."""
+
+    score: float
+    logits: Tensor | None = None  # [h4, w4] when present and decoded
+    user_mask: np.ndarray | None = None  # bool [H, W] when the user gave the mask on this frame
+
+    @property
+    def present(self) -> bool:
+        return self.logits is not None or self.user_mask is not None
+
+
+class SeemEngine(Engine):
+    """Zero-shot tracking with SEEM v1: referring-image anchor + click + memory prompts (see the module docstring).
+
+    Options: ``weights`` (checkpoint path, ``seem-focalt``/``seem-focall`` downloaded on first use, a `SeemConfig`
+    for random weights, or a ready `SeemModel`), ``variant`` (``focalt``, ``focall`` or an official YAML config for a
+    checkpoint file), ``device``, ``precision`` (fp32, bf16, fp16 on CUDA), ``resolution`` (input short side),
+    ``propagation`` (``reference``, ``click``, ``both``), ``absent_threshold`` and ``seed``.
+    """
+
+    name = "seem"
+    supported_prompts = PROMPT_KINDS
+
+    def __init__(self, weights: WeightsOption = "seem-focalt", variant: str | Path | SeemConfig | None = None,
+                 device: str | None = None, precision: str | None = None, resolution: int = 512,
+                 propagation: str = "both", absent_threshold: float = 0.5, seed: int = 0) -> None:
+        if propagation not in PROPAGATION_MODES:
+            raise EngineError(f"propagation must be one of {', '.join(PROPAGATION_MODES)}, got {propagation!r}")
+        if not isinstance(resolution, int) or resolution < 32:
+            raise EngineError(f"resolution must be an integer of at least 32 pixels, got {resolution!r}")
+        if not 0.0 <= absent_threshold <= 1.0:
+            raise EngineError(f"absent_threshold must lie in [0, 1], got {absent_threshold}")
+        self.model = load_engine_model(weights, variant, device, precision)
+        self.resolution = resolution
+        self.propagation = propagation
+        self.absent_threshold = absent_threshold
+        self.seed = seed
+        self._tracks: dict[int, TrackState] = {}
+
+    @property
+    def tracks(self) -> Mapping[int, TrackState]:
+        return self._tracks
+
+    def reset(self) -> None:
+        self._tracks.clear()
+
+    # ------------------------------------------------------------------------------------------------ stepping
+    @torch.inference_mode()
+    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
+        self.check_prompts(prompts)
+        features = self._encode(frame)
+        prompted = {p.object_id for p in prompts}
+        followed = [t for i, t in self._tracks.items() if i not in prompted]
+        slots = self._propagation_slots(features, followed)
+        outcomes: dict[int, _Outcome] = {}
+        for prompt in prompts:
+            if prompt.mask is not None:
+                outcomes[prompt.object_id] = self._start_from_mask(features, prompt)
+            elif prompt.kinds == {"text"}:
+                outcomes[prompt.object_id] = self._start_from_text(features, prompt)
+            else:
+                slots.append(self._prompt_slot(features, prompt))
+        for slot, (logits, embedding) in zip(slots, self._decode(features, slots)):
+            outcomes[slot.object_id] = self._update(features, slot, logits, embedding)
+        return self._results(features, outcomes)
+
+    def _encode(self, image: np.ndarray) -> ImageFeatures:
+        return self.model.encode_image(image, short_side=self.resolution)
+
+    def _generator(self, object_id: int) -> torch.Generator:
+        """Each object draws from its own seeded stream, so its result does not depend on the other objects."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + object_id)
+
+    def _query_indices(self, object_id: int) -> Tensor:
+        count = self.model.config.decoder.queries_per_object
+        return torch.randint(0, self.model.config.decoder.num_queries, (count,), generator=self._generator(object_id))
+
+    # ------------------------------------------------------------------------------------------------ propagation
+    def _propagation_slots(self, features: ImageFeatures, tracks: Sequence[TrackState]) -> list[_Slot]:
+        """Anchor and/or click tokens (one prompt-encoder call for all clicks) and memory of each followed object."""
+        clicks: dict[int, Tensor] = {}
+        if self.propagation != "reference":
+            for track in tracks:
+                click = None if track.memory is None else self._interior_click(features, track.memory)
+                if click is not None:
+                    clicks[track.object_id] = click
+        click_tokens = self.model.encode_prompt(features, torch.stack(list(clicks.values()))) if clicks else None
+        click_row = {object_id: row for row, object_id in enumerate(clicks)}
+        slots = []
+        for track in tracks:
+            tokens = track.anchor
+            if click_tokens is not None and track.object_id in click_row:
+                own = click_tokens.select([click_row[track.object_id]])
+                # "both": the anchor's pooled vector stays the one that selects the mask (appearance, not location)
+                tokens = own if self.propagation == "click" else track.anchor.with_extra_tokens(own)
+            slots.append(_Slot(track.object_id, tokens, track.query_indices, track.memory, track.anchor))
+        return slots
+
+    def _interior_click(self, features: ImageFeatures, logits: Tensor) -> Tensor | None:
+        """A click at the point of the mask farthest from its border (the form of SEEM's evaluation clicks)."""
+        inside = (self._in_image(features, logits) > 0).cpu().numpy().astype(np.uint8)
+        if not inside.any():
+            return None
+        # padding with background makes the frame border count as a border of the object
+        distance = cv2.distanceTransform(np.pad(inside, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+        return self._click(features, y * MASK_STRIDE + MASK_STRIDE // 2, x * MASK_STRIDE + MASK_STRIDE // 2)
+
+    # ------------------------------------------------------------------------------------------------ first frame
+    def _start_from_mask(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Outcome:
+        assert prompt.mask is not None
+        mask = prompt.mask.astype(bool)
+        anchor = self._anchor(features, prompt, mask)
+        self._tracks[prompt.object_id] = TrackState(prompt.object_id, self._query_indices(prompt.object_id), anchor,
+                                                    self._mask_logits(features, mask))
+        return _Outcome(score=1.0, user_mask=mask)
+
+    def _start_from_text(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Outcome:
+        """Referring-text grounding (spec §8.4): the grounding query most similar to the sentence gives the mask."""
+        assert prompt.text is not None
+        lang = self.model.lang_encoder
+        text = lang.get_text_token_embeddings([prompt.text], norm=False)
+        tokens, padding = text.grounding_tokens()
+        dtype = features.mask_features.dtype
+        out = self.model.predictor(features.multi_scale, features.mask_features,
+                                   grounding=GroundingTokens(tokens.transpose(0, 1).to(dtype), padding),
+                                   include_object_queries=False)
+        assert out.final.grounding_embeddings is not None and out.final.grounding_masks is not None
+        similarity = lang.grounding_similarity(out.final.grounding_embeddings[0], text.class_emb.to(dtype))
+        logits = out.final.grounding_masks[0, int(similarity[:, 0].argmax())]
+        mask = self._first_mask(features, prompt.object_id, logits)
+        anchor = self._anchor(features, prompt, mask)
+        self._tracks[prompt.object_id] = TrackState(prompt.object_id, self._query_indices(prompt.object_id), anchor,
+                                                    logits)
+        return _Outcome(score=self._inside_score(features, logits), logits=logits)
+
+    def _prompt_slot(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Slot:
+        """Points, box, scribbles and/or a reference (plus an optional text) as one decoder batch element."""
+        positive, negative = self._spatial_masks(features, prompt)
+        anchor = self._anchor(features, prompt, None) if prompt.reference is not None else None
+        pointed = bool(positive.any())
+        if not pointed and anchor is None:
+            raise PromptError(f"object {prompt.object_id}: only negative points/scribbles; add a positive one")
+        tokens = self.model.encode_prompt(features, positive[None], negative[None]) if pointed else None
+        if anchor is not None:
+            tokens = anchor if tokens is None else anchor.with_extra_tokens(tokens)
+        assert tokens is not None
+        text = None
+        if prompt.text is not None:
+            text = self.model.lang_encoder.get_text_token_embeddings([prompt.text], norm=False).class_emb[0]
+        keep = self._box_region(features, prompt.box) if prompt.box is not None else None
+        return _Slot(prompt.object_id, tokens, self._query_indices(prompt.object_id), anchor=anchor,
+                     pointed=pointed, text=text, keep=keep)
+
+    def _spatial_masks(self, features: ImageFeatures, prompt: ObjectPrompt) -> tuple[Tensor, Tensor]:
+        """Positive and negative prompt masks [Hp, Wp]: 3x3 clicks for points and the box centre, strokes as drawn."""
+        positive = torch.zeros(features.padded_size, dtype=torch.bool, device=self.model.device)
+        negative = torch.zeros_like(positive)
+        for point in prompt.points:
+            click = self._click(features, *self._input_pixel(features, point.x, point.y))
+            (positive if point.positive else negative).logical_or_(click)
+        if prompt.box is not None:
+            box = prompt.box
+            positive |= self._click(features, *self._input_pixel(features, (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2))
+        height, width = features.original_size
+        for scribble in prompt.scribbles:
+            stroke = self.model.prompt_masks(features, scribble.rasterize(height, width))[0]
+            (positive if scribble.positive else negative).logical_or_(stroke)
+        return positive, negative & ~positive
+
+    def _anchor(self, features: ImageFeatures, prompt: ObjectPrompt, mask: np.ndarray | Tensor | None) -> PromptTokens:
+        """Referring-image tokens: of the user's reference when given, else of the object's mask on this frame."""
+        generator = self._generator(prompt.object_id)
+        if prompt.reference is not None:
+            reference = self._encode(prompt.reference.image)
+            return self.model.encode_reference(reference, prompt.reference.mask[None], generator=generator)
+        assert mask is not None
+        return self.model.encode_reference(features, mask[None], generator=generator)
+
+    # ------------------------------------------------------------------------------------------------ decoding
+    def _decode(self, features: ImageFeatures, slots: Sequence[_Slot]) -> list[tuple[Tensor, Tensor]]:
+        """One decoder call for every slot; per slot the chosen mask logits [h4, w4] and mask embedding [C]."""
+        if not slots:
+            return []
+        open_memory = features.mask_features.new_zeros(features.mask_size)  # logit 0 is not masked: attend anywhere
+        memory = torch.stack([s.memory if s.memory is not None else open_memory for s in slots])[:, None]
+        out = self.model.predictor(features.multi_scale, features.mask_features,
+                                   prompt=PromptTokens.cat([s.tokens for s in slots]), prev_mask=memory,
+                                   query_indices=torch.stack([s.query_indices for s in slots]),
+                                   include_object_queries=False)
+        pred = out.final
+        assert pred.spatial_masks is not None and pred.spatial_mask_embeddings is not None
+        chosen = select_spatial_masks(pred, self.model.config.decoder.queries_per_object).query_index[:, 0].clone()
+        for b, slot in enumerate(slots):
+            if slot.text is not None:
+                assert pred.spatial_embeddings is not None
+                similarity = self.model.lang_encoder.grounding_similarity(pred.spatial_embeddings[b], slot.text[None])
+                chosen[b] = similarity[:, 0].argmax()
+        rows = torch.arange(len(slots), device=chosen.device)
+        return list(zip(pred.spatial_masks[rows, chosen], pred.spatial_mask_embeddings[rows, chosen]))
+
+    def _update(self, features: ImageFeatures, slot: _Slot, logits: Tensor, embedding: Tensor) -> _Outcome:
+        """Score the decoded mask, decide presence and store the object's new memory."""
+        if slot.keep is not None:
+            logits = logits.masked_fill(~slot.keep, -MASK_LOGIT)
+        anchor = slot.anchor
+        if slot.pointed:
+            mask = self._first_mask(features, slot.object_id, logits)  # raises when the prompt selects nothing
+            if anchor is None:  # found by clicks alone: its first mask becomes its reference
+                anchor = self.model.encode_reference(features, mask[None], generator=self._generator(slot.object_id))
+            score, present = self._inside_score(features, logits), True
+        else:
+            assert anchor is not None
+            score = float(torch.sigmoid(embedding.float() @ anchor.pooled_pos[0, 0].float()))
+            present = score >= self.absent_threshold and bool((self._in_image(features, logits) > 0).any())
+        self._tracks[slot.object_id] = TrackState(slot.object_id, slot.query_indices, anchor,
+                                                  logits if present else None)
+        return _Outcome(score=score, logits=logits if present else None)
+
+    # ------------------------------------------------------------------------------------------------ output
+    def _results(self, features: ImageFeatures, outcomes: Mapping[int, _Outcome]) -> dict[int, ObjectResult]:
+        """Masks at the frame size, one object per pixel: the largest logit wins where it is positive."""
+        height, width = features.original_size
+        present = [i for i, o in outcomes.items() if o.present]
+        masks = {i: np.zeros((height, width), bool) for i in outcomes}
+        if present:
+            maps: dict[int, Tensor] = {}
+            decoded = [i for i in present if outcomes[i].user_mask is None]
+            if decoded:
+                stacked = torch.stack([outcomes[i].logits for i in decoded]).float()  # type: ignore[misc]
+                maps.update(zip(decoded, upsample_logits(stacked, features).cpu()))
+            for i in present:
+                user = outcomes[i].user_mask
+                if user is not None:
+                    maps[i] = torch.where(torch.from_numpy(user), USER_MASK_PRIORITY, -USER_MASK_PRIORITY)
+            best, owner = torch.stack([maps[i] for i in present]).max(0)
+            for k, i in enumerate(present):
+                masks[i] = ((owner == k) & (best > 0)).numpy()
+        return {i: ObjectResult(i, masks[i], outcomes[i].score) for i in outcomes}
+
+    # ------------------------------------------------------------------------------------------------ geometry
+    def _input_pixel(self, features: ImageFeatures, x: float, y: float) -> tuple[int, int]:
+        """Frame coordinates -> (row, column) on the resized model input (pixel centres kept aligned)."""
+        (h0, w0), (h, w) = features.original_size, features.image_size
+        row = min(h - 1, max(0, round((y + 0.5) * h / h0 - 0.5)))
+        col = min(w - 1, max(0, round((x + 0.5) * w / w0 - 0.5)))
+        return row, col
+
+    def _click(self, features: ImageFeatures, row: int, col: int) -> Tensor:
+        """A 3x3 square at (row, col) of the padded input, inside the image: SEEM's dilated click."""
+        click = torch.zeros(features.padded_size, dtype=torch.bool, device=self.model.device)
+        h, w = features.image_size
+        click[max(0, row - 1):min(h, row + 2), max(0, col - 1):min(w, col + 2)] = True
+        return click
+
+    def _box_region(self, features: ImageFeatures, box: Box) -> Tensor:
+        """bool [h4, w4]: the mask cells that overlap the box."""
+        (h0, w0), (h, w) = features.original_size, features.image_size
+        sy, sx = h / h0 / MASK_STRIDE, w / w0 / MASK_STRIDE
+        keep = torch.zeros(features.mask_size, dtype=torch.bool, device=self.model.device)
+        keep[math.floor(box.y0 * sy):math.ceil(box.y1 * sy), math.floor(box.x0 * sx):math.ceil(box.x1 * sx)] = True
+        return keep
+
+    def _in_image(self, features: ImageFeatures, logits: Tensor) -> Tensor:
+        """The mask cells that cover the image (the rest covers the bottom/right padding)."""
+        h, w = features.image_size
+        return logits[: -(-h // MASK_STRIDE), : -(-w // MASK_STRIDE)]
+
+    def _mask_logits(self, features: ImageFeatures, mask: np.ndarray) -> Tensor:
+        """A user mask as memory logits [h4, w4]: +-MASK_LOGIT by the covered fraction of each cell."""
+        x = torch.from_numpy(mask).to(self.model.device, torch.float32)[None, None]
+        x = torch.nn.functional.interpolate(x, size=features.image_size, mode="bilinear", align_corners=False)
+        x = pad_to_multiple(x, self.model.config.size_divisibility)
+        covered = torch.nn.functional.avg_pool2d(x, MASK_STRIDE)[0, 0]
+        return ((covered - 0.5) * 2 * MASK_LOGIT).to(features.mask_features.dtype)
+
+    def _first_mask(self, features: ImageFeatures, object_id: int, logits: Tensor) -> Tensor:
+        """The decoded mask on the resized image; a prompt that selects nothing is an error."""
+        mask = upsample_logits(logits[None].float(), features, output_size=features.image_size)[0] > 0
+        if not bool(mask.any()):
+            raise PromptError(f"object {object_id}: the prompt selects nothing on its frame; give a mask or more clicks")
+        return mask
+
+    def _inside_score(self, features: ImageFeatures, logits: Tensor) -> float:
+        """sigmoid of the mean logit inside the mask: how sure the model is of the mask it drew."""
+        inside = self._in_image(features, logits).float()
+        return float(torch.sigmoid(inside[inside > 0].mean())) if bool((inside > 0).any()) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+
+
+def load_engine_model(weights: WeightsOption, variant: str | Path | SeemConfig | None = None,
+                      device: str | None = None, precision: str | None = None) -> SeemModel:
+    """The model for the engine options, in eval mode on ``device`` in ``precision``.
+
+    A ready model keeps its device and dtype unless they are given. A `SeemConfig` builds random weights (tests and
+    benchmarks). A registry name is downloaded into the weights cache on first use.
+    """
+    dtype = _dtype(precision, device) if precision is not None else None
+    target = _device(device) if device is not None else None
+    if isinstance(weights, SeemModel):
+        return weights.to(device=target, dtype=dtype).eval()
+    target = target or torch.device("cpu")
+    if isinstance(weights, SeemConfig):
+        with target:
+            model = build_seem(weights)
+        return model.to(dtype=dtype or torch.float32)
+    config = _model_config(variant, weights)
+    return load_seem(_checkpoint_file(weights), config, device=target, dtype=dtype or torch.float32, vocabulary=False)
+
+
+def _checkpoint_file(weights: str | Path) -> Path:
+    """An existing checkpoint file, or a registry checkpoint from the cache, downloaded when missing."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    try:
+        info = get_checkpoint_info(str(weights))
+    except DownloadError:
+        raise CheckpointError(f"weights {weights!r}: no such file, and not a known checkpoint name "
+                              f"(seem-focalt, seem-focall)") from None
+    cached = cached_path(info.name)
+    return cached if cached.is_file() else download_checkpoint(info.name)
+
+
+def _model_config(variant: str | Path | SeemConfig | None, weights: str | Path) -> SeemConfig:
+    """``variant``: a config, ``focalt``/``focall``, or an official YAML file; by default the registry's variant
+    for a checkpoint name and Focal-T for a file."""
+    if isinstance(variant, SeemConfig):
+        return variant
+    if variant is None:
+        try:
+            return SeemConfig.from_variant(get_checkpoint_info(str(weights)).variant)
+        except DownloadError:
+            return SeemConfig.focal_t()
+    if Path(variant).suffix.lower() in (".yaml", ".yml"):
+        return SeemConfig.from_official_yaml(variant)
+    return SeemConfig.from_variant(str(variant))
+
+
+def _device(device: str) -> torch.device:
+    try:
+        target = torch.device(device)
+    except RuntimeError as exc:
+        raise EngineError(f"unknown device {device!r}: {exc}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} asked for, but CUDA is not available")
+    return target
+
+
+def _dtype(precision: str, device: str | None) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise EngineError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and (device is None or not device.startswith("cuda")):
+        raise EngineError("fp16 runs on CUDA only; use bf16 or fp32 on the CPU")
+    return PRECISIONS[precision]
