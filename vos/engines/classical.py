@@ -3,9 +3,10 @@
 Every frame, at a reduced working resolution:
 
 1. **Motion prior.** DIS optical flow from the current to the previous frame pulls each object's previous mask
-   forward. Flow at object boundaries often follows the background and drags masks off fast objects, so the
-   object's overall affine motion is fitted with RANSAC to the flow of its interior and replaces the per-pixel flow
-   wherever the two disagree.
+   forward. The flow is computed at a finer resolution (``flow_width``) than the rest: coarse flow loses thin and
+   fast parts, and that loss compounds frame after frame. Flow at object boundaries often follows the background
+   and drags masks off fast objects, so the object's overall affine motion is fitted with RANSAC to the flow of its
+   interior and replaces the per-pixel flow wherever the two disagree.
 2. **Graph cut in a band.** GrabCut decides the pixels within ``band`` of the moved mask's boundary (deeper inside
    is sure object, farther out sure background), with colour models (GMMs) learnt on the prompt frame and *frozen*:
    re-anchoring every frame to the prompt's appearance stops the slow drift of pure propagation, and the
@@ -56,8 +57,8 @@ class ClassicalEngine(Engine):
     """Flow propagation + frozen-colour-model graph cut, without learned weights (see the module docstring).
 
     Options: ``working_width`` (frames wider than this are processed downscaled to it; masks are returned at full
-    size), ``flow_preset`` (DIS ``ultrafast``/``fast``/``medium``), ``band`` (half-width of the band the graph cut
-    may change, as a fraction of the working width), ``min_agreement`` (IoU with the motion prior below which the
+    size), ``flow_width`` (the same for the optical flow), ``flow_preset`` (DIS ``ultrafast``/``fast``/``medium``),
+    ``band`` (half-width of the band the graph cut may change, as a fraction of the working width), ``min_agreement`` (IoU with the motion prior below which the
     cut is distrusted), ``flow_tolerance`` (pixels a flow vector may deviate from the object's affine motion).
     """
 
@@ -68,13 +69,15 @@ class ClassicalEngine(Engine):
     def __init__(
         self,
         working_width: int = 480,
-        flow_preset: str = "fast",
+        flow_width: int = 640,
+        flow_preset: str = "medium",
         band: float = 0.02,
         min_agreement: float = 0.7,
         flow_tolerance: float = 2.0,
     ) -> None:
-        if working_width < 32:
-            raise EngineError(f"working_width must be at least 32 pixels, got {working_width}")
+        if min(working_width, flow_width) < 32:
+            raise EngineError(f"working_width and flow_width must be at least 32 pixels, "
+                              f"got {working_width} and {flow_width}")
         if flow_preset not in _DIS_PRESETS:
             raise EngineError(f"flow_preset must be one of {', '.join(_DIS_PRESETS)}, got {flow_preset!r}")
         if not 0.0 < band < 0.5:
@@ -82,6 +85,7 @@ class ClassicalEngine(Engine):
         if not 0.0 <= min_agreement <= 1.0:
             raise EngineError(f"min_agreement must lie in [0, 1], got {min_agreement}")
         self.working_width = working_width
+        self.flow_width = flow_width
         self.flow_preset = flow_preset
         self.band = band
         self.min_agreement = min_agreement
@@ -95,11 +99,11 @@ class ClassicalEngine(Engine):
 
     def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
         self.check_prompts(prompts)
-        small = self._downscale(frame)
+        small = _downscale(frame, self.working_width)
         bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)  # GrabCut's channel order
-        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        gray = cv2.cvtColor(_downscale(frame, self.flow_width), cv2.COLOR_RGB2GRAY)
         if self._tracks and self._previous_gray is not None:
-            flow = self._flow.calc(gray, self._previous_gray, None)
+            flow = _resize_flow(self._flow.calc(gray, self._previous_gray, None), small.shape[:2])
             for track in self._tracks.values():
                 self._propagate(track, flow, bgr)
         for prompt in prompts:
@@ -176,15 +180,22 @@ class ClassicalEngine(Engine):
         masks = exclusive_masks(soft)
         return {i: ObjectResult(i, masks[i], t.score if masks[i].any() else 0.0) for i, t in self._tracks.items()}
 
-    def _downscale(self, frame: np.ndarray) -> np.ndarray:
-        height, width = frame.shape[:2]
-        if width <= self.working_width:
-            return frame
-        size = (self.working_width, max(1, round(height * self.working_width / width)))
-        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _downscale(frame: np.ndarray, width: int) -> np.ndarray:
+    height, full_width = frame.shape[:2]
+    if full_width <= width:
+        return frame
+    return cv2.resize(frame, (width, max(1, round(height * width / full_width))), interpolation=cv2.INTER_AREA)
+
+
+def _resize_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A flow field resampled to another resolution, its vectors scaled with it."""
+    if flow.shape[:2] == shape:
+        return flow
+    return cv2.resize(flow, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) * (shape[1] / flow.shape[1])
 
 
 def _warp(image: np.ndarray, backward_flow: np.ndarray) -> np.ndarray:
