@@ -39,7 +39,7 @@ from vos.engine import Engine, ObjectResult
 from vos.errors import CheckpointError, DownloadError, EngineError, PromptError
 from vos.prompts import PROMPT_KINDS, Box, ObjectPrompt
 from vos.seem.config import SeemConfig
-from vos.seem.decoder import GroundingTokens, PromptTokens, select_spatial_masks
+from vos.seem.decoder import PromptTokens
 from vos.seem.download import cached_path, download_checkpoint, get_checkpoint_info
 from vos.seem.model import ImageFeatures, SeemModel, build_seem, load_seem, upsample_logits
 from vos.seem.preprocess import pad_to_multiple
@@ -206,16 +206,7 @@ class SeemEngine(Engine):
     def _start_from_text(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Outcome:
         """Referring-text grounding (spec §8.4): the grounding query most similar to the sentence gives the mask."""
         assert prompt.text is not None
-        lang = self.model.lang_encoder
-        text = lang.get_text_token_embeddings([prompt.text], norm=False)
-        tokens, padding = text.grounding_tokens()
-        dtype = features.mask_features.dtype
-        out = self.model.predictor(features.multi_scale, features.mask_features,
-                                   grounding=GroundingTokens(tokens.transpose(0, 1).to(dtype), padding),
-                                   include_object_queries=False)
-        assert out.final.grounding_embeddings is not None and out.final.grounding_masks is not None
-        similarity = lang.grounding_similarity(out.final.grounding_embeddings[0], text.class_emb.to(dtype))
-        logits = out.final.grounding_masks[0, int(similarity[:, 0].argmax())]
+        logits = self.model.ground_text(features, prompt.text, with_class_logits=False).mask_logits[0]
         mask = self._first_mask(features, prompt.object_id, logits)
         anchor = self._anchor(features, prompt, mask)
         self._tracks[prompt.object_id] = TrackState(prompt.object_id, self._query_indices(prompt.object_id), anchor,
@@ -271,21 +262,18 @@ class SeemEngine(Engine):
         if not slots:
             return []
         open_memory = features.mask_features.new_zeros(features.mask_size)  # logit 0 is not masked: attend anywhere
-        memory = torch.stack([s.memory if s.memory is not None else open_memory for s in slots])[:, None]
-        out = self.model.predictor(features.multi_scale, features.mask_features,
-                                   prompt=PromptTokens.cat([s.tokens for s in slots]), prev_mask=memory,
-                                   query_indices=torch.stack([s.query_indices for s in slots]),
-                                   include_object_queries=False)
-        pred = out.final
-        assert pred.spatial_masks is not None and pred.spatial_mask_embeddings is not None
-        chosen = select_spatial_masks(pred, self.model.config.decoder.queries_per_object).query_index[:, 0].clone()
+        memory = torch.stack([s.memory if s.memory is not None else open_memory for s in slots])
+        result = self.model.decode_prompt(features, PromptTokens.cat([s.tokens for s in slots]), prev_mask=memory,
+                                          query_indices=torch.stack([s.query_indices for s in slots]),
+                                          with_class_logits=False)
+        chosen = result.query_index.clone()
         for b, slot in enumerate(slots):
             if slot.text is not None:
-                assert pred.spatial_embeddings is not None
-                similarity = self.model.lang_encoder.grounding_similarity(pred.spatial_embeddings[b], slot.text[None])
+                similarity = self.model.lang_encoder.grounding_similarity(result.candidate_embeddings[b],
+                                                                          slot.text[None])
                 chosen[b] = similarity[:, 0].argmax()
         rows = torch.arange(len(slots), device=chosen.device)
-        return list(zip(pred.spatial_masks[rows, chosen], pred.spatial_mask_embeddings[rows, chosen]))
+        return list(zip(result.candidate_mask_logits[rows, chosen], result.candidate_mask_embeddings[rows, chosen]))
 
     def _update(self, features: ImageFeatures, slot: _Slot, logits: Tensor, embedding: Tensor) -> _Outcome:
         """Score the decoded mask, decide presence and store the object's new memory."""

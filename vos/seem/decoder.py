@@ -8,7 +8,8 @@ transpose):
   ``spatial`` (3 random copies of the initial object queries per prompted object) and ``memory`` (32 memory
   tokens whose cross-attention mask comes from the previous mask, active only when ``prev_mask`` is given);
 * **tokens** only take part in self-attention: ``grounding`` text tokens and the per-level ``spatial`` prompt
-  tokens (re-created at every layer from the level being attended).
+  tokens (re-created at every layer from the level being attended, so they are keys/values only: their own
+  outputs would be discarded and are not computed).
 
 Self-attention groups keep object queries, grounding and spatial prompts fully isolated from one another, so
 every group can be computed with or without the others (used here to skip the object queries when only a
@@ -128,9 +129,15 @@ class SelfAttentionLayer(nn.Module):
         self.self_attn = MultiHeadAttention(dim, num_heads)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tgt: Tensor, tgt_pos: Tensor, blocked: Tensor) -> Tensor:
+    def forward(self, tgt: Tensor, tgt_pos: Tensor, blocked: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """tgt/tgt_pos [B, N, C], blocked [B, N, N]. ``rows`` [R]: compute only these positions (every position
+        stays a key/value) and return [B, R, C]; all N positions when None."""
         qk = tgt + tgt_pos
-        return self.norm(tgt + self.self_attn(qk, qk, tgt, blocked))
+        if rows is None:
+            return self.norm(tgt + self.self_attn(qk, qk, tgt, blocked))
+        query = tgt.index_select(1, rows)
+        out = self.self_attn(qk.index_select(1, rows), qk, tgt, blocked.index_select(1, rows))
+        return self.norm(query + out)
 
 
 class FFNLayer(nn.Module):
@@ -264,7 +271,7 @@ class Prediction:
     Mask tensors are logits at 1/4 of the padded input. Missing groups are None.
     """
 
-    object_logits: Optional[Tensor] = None  # [B, Q, K]  official pred_logits
+    object_logits: Optional[Tensor] = None  # [B, Q, K]  official pred_logits (None without class logits)
     object_masks: Optional[Tensor] = None  # [B, Q, h, w]  pred_masks
     object_embeddings: Optional[Tensor] = None  # [B, Q, P]  pred_captions (class_embed output)
     grounding_masks: Optional[Tensor] = None  # [B, Q, h, w]  pred_gmasks
@@ -306,6 +313,7 @@ class SpatialSelection:
     scores: Tensor  # [B, mb] selection score pred_smaskembs . pred_pspatials of the selected query
     query_index: Tensor  # [B, mb] index j* into the 3mb spatial queries
     embeddings: Tensor  # [B, mb, P] class-space embedding (pred_stexts) of the selected query
+    mask_embeddings: Tensor  # [B, mb, C] mask embedding (pred_smaskembs) of the selected query
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -508,6 +516,7 @@ class SeemDecoder(nn.Module):
                 memory_assignment: Optional[Tensor] = None,
                 grounding: Optional[GroundingTokens] = None,
                 include_object_queries: bool = True,
+                with_class_logits: bool = True,
                 return_aux: bool = False,
                 generator: Optional[torch.Generator] = None) -> DecoderOutput:
         """Run the decoder.
@@ -516,7 +525,9 @@ class SeemDecoder(nn.Module):
         prompt or the grounding tokens). ``query_indices`` [3 mb] overrides the random choice of the object
         query rows copied as spatial queries; ``memory_assignment`` [M] overrides the random memory-to-object
         assignment (only random when one element holds several objects). ``prev_mask`` [B, mb, h', w'] are the
-        previous mask *logits* and switch on the memory tokens (needs a spatial prompt).
+        previous mask *logits* and switch on the memory tokens (needs a spatial prompt). ``with_class_logits``:
+        compute ``object_logits`` (needs the class embeddings, see `set_class_embeddings`); no other output
+        depends on them.
         """
         batch = self._decoder_batch(mask_features, batch_size, prompt, grounding)
         srcs, poss, sizes = self._prepare_levels(multi_scale_features)
@@ -547,14 +558,14 @@ class SeemDecoder(nn.Module):
         if not state.order:
             raise PromptError("nothing to decode: no object queries, prompt or grounding tokens")
         predictions = []
-        pred = self._predict(state, mask_features, sizes[0], prompt)
+        pred = self._predict(state, mask_features, sizes[0], prompt, with_class_logits)
         predictions.append(pred)
         for i in range(self.config.num_layers):
             level = i % self.config.num_feature_levels
             self._cross_attention(i, state, srcs[level], poss[level], memory_rows, sizes[level])
             self._self_attention(i, state, prompt, level, memory_rows)
             next_size = sizes[(i + 1) % self.config.num_feature_levels]
-            pred = self._predict(state, mask_features, next_size, prompt)
+            pred = self._predict(state, mask_features, next_size, prompt, with_class_logits)
             predictions.append(pred)
         aux = predictions[:-1] if return_aux else []
         return DecoderOutput(final=predictions[-1], aux=aux,
@@ -592,7 +603,7 @@ class SeemDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
     def _predict(self, state: "_QueryState", mask_features: Tensor, target_size: tuple[int, int],
-                 prompt: Optional[PromptTokens]) -> Prediction:
+                 prompt: Optional[PromptTokens], with_class_logits: bool) -> Prediction:
         """Prediction heads on every query group (memory excluded: its masks are always replaced)."""
         names = [n for n in state.order if n != "memory"]
         content = torch.cat([state.content[n] for n in names], dim=1)
@@ -612,7 +623,8 @@ class SeemDecoder(nn.Module):
             if name == "object":
                 pred.object_masks = masks[:, sl]
                 pred.object_embeddings = class_emb[:, sl]
-                pred.object_logits = self.class_logits(class_emb[:, sl])
+                if with_class_logits:
+                    pred.object_logits = self.class_logits(class_emb[:, sl])
             elif name == "grounding":
                 pred.grounding_masks = masks[:, sl]
                 pred.grounding_embeddings = class_emb[:, sl]
@@ -666,21 +678,36 @@ class SeemDecoder(nn.Module):
             memory_assignment=memory_rows.current if memory_rows is not None else None)
         content = torch.cat([t for _, t, _ in parts], dim=1)
         qpos = torch.cat([p for _, _, p in parts], dim=1)
-        out = self.transformer_self_attention_layers[layer](content, qpos, blocked)
+        # Prompt tokens are re-created from the prompt at the next layer, so their own outputs would be thrown
+        # away: they only serve as keys/values, and the query rows, output projection and FFN run on the other
+        # positions alone (with 512-point prompts that is most of the per-object cost).
+        kept = [name for name in lengths if name != "spatial_tokens"]
+        rows = _segment_rows(lengths, kept, content.device) if "spatial_tokens" in lengths else None
+        out = self.transformer_self_attention_layers[layer](content, qpos, blocked, rows)
         out = self.transformer_ffn_layers[layer](out)
         offset = 0
-        for name, t, _ in parts:
-            chunk = out[:, offset:offset + t.shape[1]]
-            offset += t.shape[1]
+        for name in kept:
+            chunk = out[:, offset:offset + lengths[name]]
+            offset += lengths[name]
             if name in state.content:
                 state.content[name] = chunk
-            elif name == "grounding_tokens":
-                state.grounding_tokens = chunk  # grounding tokens carry state across layers, pos stays fixed
+            else:  # grounding tokens carry state across layers, their pos stays fixed
+                state.grounding_tokens = chunk
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Decoder helpers
 # ----------------------------------------------------------------------------------------------------------
+
+
+def _segment_rows(lengths: dict[str, int], names: Sequence[str], device: torch.device) -> Tensor:
+    """Sequence positions [R] of the named segments of a sequence laid out as ``lengths`` (in its order)."""
+    rows, start = [], 0
+    for name, length in lengths.items():
+        if name in names:
+            rows.append(torch.arange(start, start + length, device=device))
+        start += length
+    return torch.cat(rows)
 
 
 def _pad_rows(t: Tensor, length: int, value: float | int) -> Tensor:
@@ -868,7 +895,8 @@ def select_spatial_masks(pred: Prediction, queries_per_object: int = 3) -> Spati
     masks = torch.gather(pred.spatial_masks, 1,
                          best[:, :, None, None].expand(-1, -1, *pred.spatial_masks.shape[2:]))
     emb = torch.gather(pred.spatial_embeddings, 1, best[:, :, None].expand(-1, -1, pred.spatial_embeddings.shape[2]))
-    return SpatialSelection(masks=masks, scores=best_score, query_index=best, embeddings=emb)
+    mask_emb = torch.gather(v, 1, best[:, :, None].expand(-1, -1, v.shape[2]))
+    return SpatialSelection(masks=masks, scores=best_score, query_index=best, embeddings=emb, mask_embeddings=mask_emb)
 
 
 def vl_similarity(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:

@@ -14,6 +14,11 @@ Inference is split so that the expensive part runs once per image and the cheap 
 * `SeemModel.ground_text` (referring text), `SeemModel.segment` / `semantic_segmentation` /
   `panoptic_segmentation` (object queries with the 134-entry COCO vocabulary).
 
+Class logits need the class embeddings (`compute_vocabulary`, minutes of text encoding on a CPU at full size, or
+`set_class_embeddings`). `decode_prompt`, `decode_spatial` and `ground_text` compute them by default; with
+``with_class_logits=False`` they skip them (``class_logits`` is None) and run without the embeddings, which no other
+output depends on. `segment` and the segmentations built on it always need them.
+
 Objects are decoded one per batch element on shared (batch-1) image features, so N objects in one call equal N
 separate calls (up to float rounding) as long as the same spatial-query draw is used.
 """
@@ -82,8 +87,11 @@ class SpatialResult:
     mask_logits: Tensor  # [N, h4, w4] logits of the selected spatial query (official prev_mask[:, 0])
     scores: Tensor  # [N] selection score: mask embedding . pooled prompt vector (raw dot product)
     query_index: Tensor  # [N] which of the 3 spatial queries of the object was selected
-    class_logits: Tensor  # [N, K] class head applied to the selected query (K = 134 for COCO + background)
+    mask_embedding: Tensor  # [N, C] mask embedding of the selected query (mask_logits = mask_embedding . features)
+    class_logits: Optional[Tensor]  # [N, K] class head on the selected query (K = 134); None if not asked for
     candidate_mask_logits: Tensor  # [N, 3, h4, w4] the masks of all 3 spatial queries of each object
+    candidate_mask_embeddings: Tensor  # [N, 3, C] their mask embeddings (official pred_smaskembs)
+    candidate_embeddings: Tensor  # [N, 3, P] their class-space embeddings (pred_stexts), e.g. to choose by text
     query_indices: Tensor  # [3] or [N, 3]: object-query rows copied as spatial queries (the random draw)
     decoder_output: Optional[DecoderOutput] = None  # full output when asked for (return_decoder_output=True)
 
@@ -101,7 +109,7 @@ class GroundingResult:
     query_index: Tensor  # [n]
     scores: Tensor  # [n] grounding similarity of the selected query
     similarity: Tensor  # [Q, n] min(exp(logit_scale), 100) * cos(pred_gtexts, text)
-    class_logits: Tensor  # [n, K] class head on the selected grounding queries
+    class_logits: Optional[Tensor]  # [n, K] class head on the selected grounding queries; None if not asked for
 
 
 @dataclass
@@ -278,14 +286,16 @@ class SeemModel(nn.Module):
 
     def decode_prompt(self, features: ImageFeatures, prompt: PromptTokens, *, prev_mask: Optional[Tensor] = None,
                       query_indices: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                      with_object_queries: bool = False, return_decoder_output: bool = False) -> SpatialResult:
+                      with_object_queries: bool = False, with_class_logits: bool = True,
+                      return_decoder_output: bool = False) -> SpatialResult:
         """Decode the N objects of ``prompt`` on the image of ``features``.
 
         ``prev_mask``: previous mask logits ``[N, h, w]`` or ``[N, 1, h, w]`` (normally a previous result's
         ``mask_logits``) -> memory prompt. ``query_indices``: object-query rows to copy as spatial queries,
         ``[3]`` shared by all objects or ``[N, 3]``; drawn from ``generator`` (one shared draw) when None.
         ``with_object_queries``: also run the object queries (does not change the result; only needed for
-        their outputs in ``decoder_output``).
+        their outputs in ``decoder_output``). ``with_class_logits``: compute ``class_logits`` (needs the class
+        embeddings; nothing else depends on them).
         """
         self._check_single(features)
         prev = None
@@ -296,48 +306,59 @@ class SeemModel(nn.Module):
             prev = prev.to(device=self.device)
         out = self.predictor(features.multi_scale, features.mask_features, prompt=prompt, prev_mask=prev,
                              query_indices=query_indices, generator=generator,
-                             include_object_queries=with_object_queries)
+                             include_object_queries=with_object_queries, with_class_logits=with_class_logits)
         sel = select_spatial_masks(out.final, self.config.decoder.queries_per_object)
-        return self._spatial_result(sel, out, return_decoder_output)
+        return self._spatial_result(sel, out, with_class_logits, return_decoder_output)
 
     def decode_spatial(self, features: ImageFeatures, positive: MaskInput, negative: Optional[MaskInput] = None, *,
                        prev_mask: Optional[Tensor] = None, query_indices: Optional[Tensor] = None,
                        generator: Optional[torch.Generator] = None, with_object_queries: bool = False,
-                       return_decoder_output: bool = False) -> SpatialResult:
+                       with_class_logits: bool = True, return_decoder_output: bool = False) -> SpatialResult:
         """Strokes / clicks / masks on this image for N objects (``positive [N, H, W]``), optional negatives
         and memory (``prev_mask``); see `encode_prompt` and `decode_prompt`."""
         prompt = self.encode_prompt(features, positive, negative, generator=generator)
         return self.decode_prompt(features, prompt, prev_mask=prev_mask, query_indices=query_indices,
                                   generator=generator, with_object_queries=with_object_queries,
-                                  return_decoder_output=return_decoder_output)
+                                  with_class_logits=with_class_logits, return_decoder_output=return_decoder_output)
 
-    def _spatial_result(self, sel: SpatialSelection, out: DecoderOutput, keep_output: bool) -> SpatialResult:
-        qpo = self.config.decoder.queries_per_object
-        smasks = out.final.spatial_masks
-        assert smasks is not None and out.query_indices is not None
+    def _spatial_result(self, sel: SpatialSelection, out: DecoderOutput, with_class_logits: bool,
+                        keep_output: bool) -> SpatialResult:
+        pred = out.final
+        assert pred.spatial_masks is not None and pred.spatial_mask_embeddings is not None
+        assert pred.spatial_embeddings is not None and out.query_indices is not None
         if sel.masks.shape[1] != 1:
             raise EngineError("SpatialResult expects one object per batch element")
+
+        def candidates(t: Tensor) -> Tensor:  # [N, 3, ...]: the object's queries (one object per element)
+            return t.reshape(t.shape[0], -1, self.config.decoder.queries_per_object, *t.shape[2:])[:, 0]
+
         return SpatialResult(
             mask_logits=sel.masks[:, 0], scores=sel.scores[:, 0],
             query_index=sel.query_index[:, 0],  # 0..2 within the object's spatial queries
-            class_logits=self.predictor.class_logits(sel.embeddings[:, 0]),
-            candidate_mask_logits=smasks.reshape(smasks.shape[0], -1, qpo, *smasks.shape[2:])[:, 0],
+            mask_embedding=sel.mask_embeddings[:, 0],
+            class_logits=self.predictor.class_logits(sel.embeddings[:, 0]) if with_class_logits else None,
+            candidate_mask_logits=candidates(pred.spatial_masks),
+            candidate_mask_embeddings=candidates(pred.spatial_mask_embeddings),
+            candidate_embeddings=candidates(pred.spatial_embeddings),
             query_indices=out.query_indices, decoder_output=out if keep_output else None)
 
     # ---- text ---------------------------------------------------------------------------------------------
-    def ground_text(self, features: ImageFeatures, texts: Sequence[str] | str) -> GroundingResult:
+    def ground_text(self, features: ImageFeatures, texts: Sequence[str] | str, *,
+                    with_class_logits: bool = True) -> GroundingResult:
         """Referring-text segmentation (official ``evaluate_grounding``): the tokens of all texts go into one
-        decoder call; for each text the grounding query with the highest similarity is selected."""
+        decoder call; for each text the grounding query with the highest similarity is selected.
+        ``with_class_logits``: compute ``class_logits`` (needs the class embeddings)."""
         self._check_single(features)
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise PromptError("no text given")
         emb = self.lang_encoder.get_text_token_embeddings(texts, norm=False)
         tokens, padding = emb.grounding_tokens()  # [L, 1, P], [1, L]
-        return self.ground_tokens(features, tokens.transpose(0, 1), padding, emb.class_emb)
+        return self.ground_tokens(features, tokens.transpose(0, 1), padding, emb.class_emb,
+                                  with_class_logits=with_class_logits)
 
-    def ground_tokens(self, features: ImageFeatures, tokens: Tensor, padding: Tensor,
-                      class_emb: Tensor) -> GroundingResult:
+    def ground_tokens(self, features: ImageFeatures, tokens: Tensor, padding: Tensor, class_emb: Tensor, *,
+                      with_class_logits: bool = True) -> GroundingResult:
         """Grounding from precomputed text token embeddings ``[1, L, P]`` and sentence embeddings ``[n, P]``."""
         out = self.predictor(features.multi_scale, features.mask_features,
                              grounding=GroundingTokens(tokens.to(self.device), padding.to(self.device)),
@@ -346,8 +367,9 @@ class SeemModel(nn.Module):
         gtexts = out.final.grounding_embeddings[0]
         sim = self.lang_encoder.grounding_similarity(gtexts, class_emb.to(gtexts.dtype))  # [Q, n]
         scores, best = sim.max(dim=0)
+        class_logits = self.predictor.class_logits(gtexts[best]) if with_class_logits else None
         return GroundingResult(mask_logits=out.final.grounding_masks[0, best], query_index=best, scores=scores,
-                               similarity=sim, class_logits=self.predictor.class_logits(gtexts[best]))
+                               similarity=sim, class_logits=class_logits)
 
     # ---- generic segmentation -------------------------------------------------------------------------------
     def segment(self, features: ImageFeatures) -> SegmentationResult:
