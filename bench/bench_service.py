@@ -180,7 +180,7 @@ def _start_server(settings: ServiceSettings) -> tuple[str, subprocess.Popen]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-                               "--port", str(port), "--log-level", "warning"], env=_env(settings))
+                               "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "30"], env=_env(settings))
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
