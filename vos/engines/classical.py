@@ -7,12 +7,18 @@ Every frame, at a reduced working resolution:
    fast parts, and that loss compounds frame after frame. Flow at object boundaries often follows the background
    and drags masks off fast objects, so the object's overall affine motion is fitted with RANSAC to the flow of its
    interior and replaces the per-pixel flow wherever the two disagree.
-2. **Graph cut in a band.** GrabCut decides the pixels within ``band`` of the moved mask's boundary (deeper inside
+2. **Motion segmentation.** When the camera moves, the background's motion (a homography fitted with RANSAC to the
+   flow away from the object) tells object from background better than colour does: pixels of the prior that move
+   exactly like the background are dropped (a mask stuck to the scenery, e.g. a leg left behind on the floor), and
+   pixels next to it that move like the object and unlike the background are added when their colour is likelier
+   object than background (a part coming back from behind an occluder).
+3. **Graph cut in a band.** GrabCut decides the pixels within ``band`` of the moved mask's boundary (deeper inside
    is sure object, farther out sure background), with colour models (GMMs) learnt on the prompt frame and *frozen*:
    re-anchoring every frame to the prompt's appearance stops the slow drift of pure propagation, and the
    contrast-sensitive smoothness snaps the boundary to image edges.
-3. **Sanity checks.** When the cut disagrees strongly with the motion prior (the colours no longer explain the
-   object: it turned, or the light changed), the motion prior is kept. Small detached blobs are dropped, because
+4. **Sanity checks.** When the cut disagrees strongly with the motion prior (the colours no longer explain the
+   object: it turned, or the light changed), the motion prior is kept. Thin parts of the prior (a kite's lines, a
+   bicycle's spokes) are beyond the colour models at working resolution, so the cut neither judges nor removes them. Small detached blobs are dropped, because
    background dragged along by the flow would otherwise be propagated forever.
 
 Only the previous grey frame and each object's mask and colour models are kept. Objects are made exclusive on the
@@ -41,6 +47,9 @@ _DIS_PRESETS = {
 }
 _AFFINE_SAMPLES = 4000  # flow vectors sampled to fit an object's affine motion: plenty for 6 parameters
 _MIN_BLOB_SHARE = 0.2  # detached blobs smaller than this share of an object's largest blob are dropped
+_BACKGROUND_TOLERANCE = 0.7  # pixels whose flow is this close to the camera's motion move with the background
+_SPECKLE = np.ones((3, 3), np.uint8)  # pixels added by motion segmentation must survive an opening with this
+_THIN = np.ones((5, 5), np.uint8)  # parts of a mask that an opening with this element removes count as thin
 
 
 @dataclass
@@ -58,8 +67,10 @@ class ClassicalEngine(Engine):
 
     Options: ``working_width`` (frames wider than this are processed downscaled to it; masks are returned at full
     size), ``flow_width`` (the same for the optical flow), ``flow_preset`` (DIS ``ultrafast``/``fast``/``medium``),
-    ``band`` (half-width of the band the graph cut may change, as a fraction of the working width), ``min_agreement`` (IoU with the motion prior below which the
-    cut is distrusted), ``flow_tolerance`` (pixels a flow vector may deviate from the object's affine motion).
+    ``band`` (half-width of the band the graph cut may change, as a fraction of the working width), ``min_agreement``
+    (IoU with the motion prior below which the cut is distrusted), ``flow_tolerance`` (pixels a flow vector may
+    deviate from the object's affine motion and still follow it; also how far the camera's motion must differ from
+    the object's before motion segmentation is used).
     """
 
     name: ClassVar[str] = "classical"
@@ -125,17 +136,21 @@ class ClassicalEngine(Engine):
         return _Track(mask, bg_model, fg_model, 1.0 if mask.any() else 0.0)
 
     def _propagate(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> None:
-        prior = self._motion_prior(track.mask, flow)
+        prior = self._motion_prior(track, flow, bgr)
         if not prior.any():
             track.mask, track.score = prior, 0.0
             return
         cut = _overlapping(self._graph_cut(track, prior, bgr), prior)
-        agreement = np.count_nonzero(cut & prior) / np.count_nonzero(cut | prior)
-        track.mask = cut if agreement >= self.min_agreement else prior
+        thick = cv2.morphologyEx(prior.astype(np.uint8), cv2.MORPH_OPEN, _THIN).astype(bool)
+        thin = prior & ~cv2.dilate(thick.astype(np.uint8), _THIN).astype(bool)
+        agreement = np.count_nonzero(cut & thick) / max(1, np.count_nonzero(cut | thick))
+        track.mask = cut | thin if agreement >= self.min_agreement else prior
         track.score = float(agreement)
 
-    def _motion_prior(self, previous: np.ndarray, flow: np.ndarray) -> np.ndarray:
-        """The previous mask moved to this frame: per-pixel flow where it follows the object's affine motion."""
+    def _motion_prior(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> np.ndarray:
+        """The previous mask moved to this frame: per-pixel flow where it follows the object's affine motion,
+        corrected by motion segmentation against the camera's motion."""
+        previous = track.mask
         local = _warp(previous.astype(np.float32), flow)
         interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         affine = _fit_affine(interior if interior.any() else previous, flow)
@@ -145,11 +160,35 @@ class ClassicalEngine(Engine):
         # ``affine`` maps current to previous coordinates, which is warpAffine's inverse map.
         whole = cv2.warpAffine(previous.astype(np.float32), affine, (width, height),
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        a = affine.astype(np.float32)
-        deviation = np.hypot(a[0, 0] * grid_x + a[0, 1] * grid_y + a[0, 2] - grid_x - flow[..., 0],
-                             a[1, 0] * grid_x + a[1, 1] * grid_y + a[1, 2] - grid_y - flow[..., 1])
-        return np.where(deviation <= self.flow_tolerance, local, whole) > 0.5
+        grid = _Grid(width, height)
+        object_motion = grid.affine(affine)
+        deviation = _distance(object_motion, grid.displaced(flow))
+        prior = np.where(deviation <= self.flow_tolerance, local, whole) > 0.5
+        camera = _fit_homography(~_within(previous, 3 * self._reach(previous)), flow)
+        if camera is None:
+            return prior
+        camera_motion = grid.homography(camera)
+        if _distance(camera_motion, grid.points)[previous].mean() < self.flow_tolerance:
+            return prior  # a still camera: parts of the object at rest would look like background
+        return self._segment_by_motion(track, prior, bgr, grid.displaced(flow), object_motion, camera_motion,
+                                       deviation)
+
+    def _segment_by_motion(self, track: _Track, prior: np.ndarray, bgr: np.ndarray, flow_target: np.ndarray,
+                           object_motion: np.ndarray, camera_motion: np.ndarray, deviation: np.ndarray) -> np.ndarray:
+        """Drop prior pixels that move with the camera; add nearby ones that move with the object (see step 2)."""
+        from_camera = _distance(camera_motion, flow_target)
+        distinct = _distance(object_motion, camera_motion) > self.flow_tolerance
+        with_camera = distinct & (from_camera < _BACKGROUND_TOLERANCE)
+        with_object = (distinct & (deviation <= self.flow_tolerance) & (from_camera > self.flow_tolerance)
+                       & ~prior & _within(prior, 2 * self._reach(prior)))
+        ys, xs = np.nonzero(with_object)
+        colours = bgr[ys, xs].astype(np.float64)
+        likely = _gmm_log_likelihood(track.fg_model, colours) > _gmm_log_likelihood(track.bg_model, colours)
+        added = np.zeros_like(prior)
+        added[ys[likely], xs[likely]] = True
+        # Speckle (dark ripples around a dark swan) fits both tests by chance; parts coming back are solid.
+        added = cv2.morphologyEx(added.astype(np.uint8), cv2.MORPH_OPEN, _SPECKLE).astype(bool)
+        return (prior & ~with_camera) | added
 
     def _graph_cut(self, track: _Track, prior: np.ndarray, bgr: np.ndarray) -> np.ndarray:
         """GrabCut with the frozen prompt-frame models, free only within the band around ``prior``'s boundary."""
@@ -223,6 +262,60 @@ def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray) -> np.ndarray | Non
     cv2.setRNGSeed(0)  # RANSAC samples from the global RNG; reseed so results are reproducible
     affine, _ = cv2.estimateAffine2D(current, previous, ransacReprojThreshold=2.0, maxIters=200, refineIters=5)
     return affine
+
+
+class _Grid:
+    """Pixel coordinates of a frame, and where motion models send them (all float32 [h, w, 2] as x, y)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        self.points = np.stack([xs, ys], axis=-1)
+
+    def displaced(self, flow: np.ndarray) -> np.ndarray:
+        return self.points + flow
+
+    def affine(self, matrix: np.ndarray) -> np.ndarray:
+        return cv2.transform(self.points, matrix.astype(np.float32))
+
+    def homography(self, matrix: np.ndarray) -> np.ndarray:
+        return cv2.perspectiveTransform(self.points.reshape(-1, 1, 2), matrix.astype(np.float32)).reshape(
+            self.points.shape)
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.hypot(a[..., 0] - b[..., 0], a[..., 1] - b[..., 1])
+
+
+def _fit_homography(region: np.ndarray, backward_flow: np.ndarray) -> np.ndarray | None:
+    """Homography (current -> previous coordinates) fitted with RANSAC to the flow of ``region``: the camera's
+    motion when ``region`` is the background."""
+    height, width = region.shape
+    step = max(1, int(np.sqrt(region.size / _AFFINE_SAMPLES)))
+    ys, xs = np.mgrid[0:height:step, 0:width:step]
+    keep = region[ys, xs]
+    if keep.sum() < 50:
+        return None
+    ys, xs = ys[keep], xs[keep]
+    current = np.stack([xs, ys], axis=1).astype(np.float32)
+    previous = current + backward_flow[ys, xs]
+    cv2.setRNGSeed(0)  # RANSAC samples from the global RNG; reseed so results are reproducible
+    homography, _ = cv2.findHomography(current, previous, cv2.RANSAC, 1.0, maxIters=200)
+    return homography
+
+
+def _gmm_log_likelihood(model: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Log-likelihood of BGR ``colours`` [n, 3] under a GrabCut GMM (OpenCV's layout: 5 weights, 5 means,
+    5 covariances), up to a constant shared by all models."""
+    weights, means, covariances = model[0, :5], model[0, 5:20].reshape(5, 3), model[0, 20:65].reshape(5, 3, 3)
+    density = np.zeros(len(colours))
+    for weight, mean, covariance in zip(weights, means, covariances):
+        if weight <= 0:
+            continue
+        covariance = covariance + 1e-6 * np.eye(3)
+        offset = colours - mean
+        mahalanobis = np.einsum("ni,ij,nj->n", offset, np.linalg.inv(covariance), offset)
+        density += weight * np.exp(-0.5 * mahalanobis) / np.sqrt(np.linalg.det(covariance))
+    return np.log(density + 1e-300)
 
 
 def _within(mask: np.ndarray, distance: float) -> np.ndarray:
