@@ -45,7 +45,7 @@ _DIS_PRESETS = {
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
-_AFFINE_SAMPLES = 4000  # flow vectors sampled to fit an object's affine motion: plenty for 6 parameters
+_MOTION_SAMPLES = 4000  # flow vectors sampled to fit a motion model (6 or 8 parameters)
 _MIN_BLOB_SHARE = 0.2  # detached blobs smaller than this share of an object's largest blob are dropped
 _BACKGROUND_TOLERANCE = 0.7  # pixels whose flow is this close to the camera's motion move with the background
 _SPECKLE = np.ones((3, 3), np.uint8)  # pixels added by motion segmentation must survive an opening with this
@@ -245,11 +245,18 @@ def _warp(image: np.ndarray, backward_flow: np.ndarray) -> np.ndarray:
                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def _sample_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a regular grid of about ``_MOTION_SAMPLES`` pixels: plenty to fit a motion model."""
+    height, width = shape
+    step = max(1, int(np.sqrt(height * width / _MOTION_SAMPLES)))
+    ys, xs = np.mgrid[0:height:step, 0:width:step]
+    return ys, xs
+
+
 def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray) -> np.ndarray | None:
     """Affine map (2x3, current -> previous coordinates) fitted with RANSAC to the flow landing in ``mask``."""
     height, width = mask.shape
-    step = max(1, int(np.sqrt(mask.size / _AFFINE_SAMPLES)))
-    ys, xs = np.mgrid[0:height:step, 0:width:step]
+    ys, xs = _sample_grid(mask.shape)
     fx, fy = backward_flow[ys, xs, 0], backward_flow[ys, xs, 1]
     px, py = np.round(xs + fx).astype(int), np.round(ys + fy).astype(int)
     valid = (px >= 0) & (px < width) & (py >= 0) & (py < height)
@@ -289,9 +296,7 @@ def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _fit_homography(region: np.ndarray, backward_flow: np.ndarray) -> np.ndarray | None:
     """Homography (current -> previous coordinates) fitted with RANSAC to the flow of ``region``: the camera's
     motion when ``region`` is the background."""
-    height, width = region.shape
-    step = max(1, int(np.sqrt(region.size / _AFFINE_SAMPLES)))
-    ys, xs = np.mgrid[0:height:step, 0:width:step]
+    ys, xs = _sample_grid(region.shape)
     keep = region[ys, xs]
     if keep.sum() < 50:
         return None
