@@ -58,7 +58,7 @@ def main() -> None:
         f"metrics: {n_frames} frames evaluated in {best:.2f} s wall, {best_cpu:.2f} s CPU (best of {args.repeat}), "
         f"{1000 * best / n_frames:.2f} ms/frame"
     )
-    print("J&F-Mean {:.4f}  J-Mean {:.4f}  F-Mean {:.4f}".format(summary.JF_mean, summary.J_mean, summary.F_mean))
+    print(f"J&F-Mean {summary.JF_mean:.4f}  J-Mean {summary.J_mean:.4f}  F-Mean {summary.F_mean:.4f}")
 
 
 if __name__ == "__main__":

@@ -33,12 +33,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from vos.engine import create_engine
-from vos.engines.seem import SeemEngine
-from vos.prompts import ObjectPrompt
-from vos.seem.config import SeemConfig
-from vos.seem.model import SeemModel, build_seem
-from vos.video import open_video
+from vos.engine import create_engine  # noqa: E402 - after the path set-up above
+from vos.engines.seem import SeemEngine  # noqa: E402
+from vos.prompts import ObjectPrompt  # noqa: E402
+from vos.seem.config import SeemConfig  # noqa: E402
+from vos.seem.model import SeemModel, build_seem  # noqa: E402
+from vos.video import open_video  # noqa: E402
 
 VIDEO = REPO_ROOT.parent / "shared" / "data" / "videos" / "01_dog.mp4"
 SIZE = (854, 480)  # (width, height) of a DAVIS 480p frame

@@ -16,8 +16,8 @@ against ``../shared/fixtures/davis_metrics``. The implementation is our own and 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np

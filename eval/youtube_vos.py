@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from eval.datasets import YouTubeVOS
 from eval.runner import EngineRun, ResultsError, run_engine

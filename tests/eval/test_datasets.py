@@ -9,9 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from layouts import SOURCE, box_mask, build_davis17, build_ytvos, save_indexed, source_gt
+from PIL import Image
 
 from eval.datasets import Davis2016, Davis2017, YouTubeVOS, open_dataset
 from eval.metrics import evaluate_sequence

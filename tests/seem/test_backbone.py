@@ -57,12 +57,12 @@ def test_full_backbone_keys_shapes_dtypes(seem_fixtures: Path, key_file: str, cf
 
 
 def test_full_configs_match_spec() -> None:
-    t, l = FocalNetConfig.focal_t(), FocalNetConfig.focal_l()
-    assert (t.variant, t.stage_dims, t.depths) == ("focal_dw", (96, 192, 384, 768), (2, 2, 6, 2))
-    assert (l.variant, l.stage_dims, l.depths) == ("focal", (192, 384, 768, 1536), (2, 2, 18, 2))
-    assert (t.focal_levels, l.focal_levels) == ((3,) * 4, (4,) * 4)
-    assert t.focal_windows == l.focal_windows == (3,) * 4
-    assert t.out_strides == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    tiny, large = FocalNetConfig.focal_t(), FocalNetConfig.focal_l()
+    assert (tiny.variant, tiny.stage_dims, tiny.depths) == ("focal_dw", (96, 192, 384, 768), (2, 2, 6, 2))
+    assert (large.variant, large.stage_dims, large.depths) == ("focal", (192, 384, 768, 1536), (2, 2, 18, 2))
+    assert (tiny.focal_levels, large.focal_levels) == ((3,) * 4, (4,) * 4)
+    assert tiny.focal_windows == large.focal_windows == (3,) * 4
+    assert tiny.out_strides == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
 def test_tiny_focalt_backbone_matches_official(seem_fixtures: Path, tiny_io, tiny_image) -> None:

@@ -8,9 +8,10 @@ config (such as the fixtures' ``tiny_config.yaml``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from vos.errors import EngineError
 from vos.seem.backbone import FocalNetConfig
@@ -66,19 +67,19 @@ class SeemConfig:
     overlap_threshold: float = 0.8
 
     @classmethod
-    def focal_t(cls) -> "SeemConfig":
+    def focal_t(cls) -> SeemConfig:
         """The released ``seem_focalt_v1`` layout (``configs/seem/focalt_unicl_lang_v1.yaml``)."""
         backbone = FocalNetConfig.focal_t()
         return cls(backbone=backbone, pixel_decoder=PixelDecoderConfig.for_backbone(backbone.out_channels))
 
     @classmethod
-    def focal_l(cls) -> "SeemConfig":
+    def focal_l(cls) -> SeemConfig:
         """The released ``seem_focall_v1`` layout (``configs/seem/focall_unicl_lang_v1.yaml``)."""
         backbone = FocalNetConfig.focal_l()
         return cls(backbone=backbone, pixel_decoder=PixelDecoderConfig.for_backbone(backbone.out_channels))
 
     @classmethod
-    def from_variant(cls, variant: str) -> "SeemConfig":
+    def from_variant(cls, variant: str) -> SeemConfig:
         """``"focalt"`` / ``"focal_t"`` / ``"focall"`` / ``"focal_l"`` (case-insensitive)."""
         key = variant.lower().replace("-", "").replace("_", "")
         if key in ("focalt", "t", "seemfocalt"):
@@ -88,7 +89,7 @@ class SeemConfig:
         raise EngineError(f"unknown SEEM variant {variant!r}; expected 'focalt' or 'focall'")
 
     @classmethod
-    def from_official_yaml(cls, path: str | Path) -> "SeemConfig":
+    def from_official_yaml(cls, path: str | Path) -> SeemConfig:
         """Read the values we need from an official-style merged YAML config."""
         import yaml
 
@@ -103,7 +104,7 @@ class SeemConfig:
             raise EngineError(f"config {path} is not a usable SEEM v1 config: {exc!r}") from exc
 
     @classmethod
-    def from_official_dict(cls, cfg: Mapping[str, Any]) -> "SeemConfig":
+    def from_official_dict(cls, cfg: Mapping[str, Any]) -> SeemConfig:
         model = cfg["MODEL"]
         names = (model.get("NAME", "seem_model_v1"), model["DECODER"].get("NAME", "seem_v1"))
         if names != ("seem_model_v1", "seem_v1"):

@@ -23,8 +23,8 @@ or injected (``query_indices`` / ``memory_assignment``), so results are reproduc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,7 @@ class MultiHeadAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, blocked: Optional[Tensor]) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, blocked: Tensor | None) -> Tensor:
         """query [B, Lq, C]; key/value [B or 1, Lk, C]; blocked [B, Lq, Lk] bool (True = masked) or None."""
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
@@ -129,7 +129,7 @@ class SelfAttentionLayer(nn.Module):
         self.self_attn = MultiHeadAttention(dim, num_heads)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tgt: Tensor, tgt_pos: Tensor, blocked: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+    def forward(self, tgt: Tensor, tgt_pos: Tensor, blocked: Tensor, rows: Tensor | None = None) -> Tensor:
         """tgt/tgt_pos [B, N, C], blocked [B, N, N]. ``rows`` [R]: compute only these positions (every position
         stays a key/value) and return [B, R, C]; all N positions when None."""
         qk = tgt + tgt_pos
@@ -197,7 +197,7 @@ class PromptTokens:
     def num_objects(self) -> int:
         return self.pooled_pos.shape[1]
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "PromptTokens":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PromptTokens:
         """Move to a device and/or cast the float tensors (e.g. tokens from another run or device)."""
         def floats(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype)
@@ -209,7 +209,7 @@ class PromptTokens:
                             tuple(floats(t) for t in self.level_tokens), tuple(ints(t) for t in self.level_padding),
                             tuple(ints(t) for t in self.level_object_index))
 
-    def select(self, index: Sequence[int] | Tensor) -> "PromptTokens":
+    def select(self, index: Sequence[int] | Tensor) -> PromptTokens:
         """Keep the given batch elements (trims padding that is no longer needed)."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.pooled_pos.device)
         tokens, padding, obj = [], [], []
@@ -223,7 +223,7 @@ class PromptTokens:
         return PromptTokens(self.pooled_pos[idx], self.pooled_neg[idx], tuple(tokens), tuple(padding), tuple(obj))
 
     @staticmethod
-    def cat(parts: Sequence["PromptTokens"]) -> "PromptTokens":
+    def cat(parts: Sequence[PromptTokens]) -> PromptTokens:
         """Concatenate along the batch (objects must agree in count; token lengths are re-padded)."""
         tokens, padding, obj = [], [], []
         for level in range(len(parts[0].level_tokens)):
@@ -235,7 +235,7 @@ class PromptTokens:
                             tuple(tokens), tuple(padding), tuple(obj))
 
 
-    def with_extra_tokens(self, extra: "PromptTokens") -> "PromptTokens":
+    def with_extra_tokens(self, extra: PromptTokens) -> PromptTokens:
         """These pooled vectors (used for selection) with the tokens of ``extra`` appended per level.
 
         For combining e.g. reference-image tokens with click tokens on the current image (§11.3 option c); both
@@ -271,16 +271,16 @@ class Prediction:
     Mask tensors are logits at 1/4 of the padded input. Missing groups are None.
     """
 
-    object_logits: Optional[Tensor] = None  # [B, Q, K]  official pred_logits (None without class logits)
-    object_masks: Optional[Tensor] = None  # [B, Q, h, w]  pred_masks
-    object_embeddings: Optional[Tensor] = None  # [B, Q, P]  pred_captions (class_embed output)
-    grounding_masks: Optional[Tensor] = None  # [B, Q, h, w]  pred_gmasks
-    grounding_embeddings: Optional[Tensor] = None  # [B, Q, P]  pred_gtexts
-    spatial_masks: Optional[Tensor] = None  # [B, 3mb, h, w]  pred_smasks
-    spatial_embeddings: Optional[Tensor] = None  # [B, 3mb, P]  pred_stexts
-    spatial_mask_embeddings: Optional[Tensor] = None  # [B, 3mb, C]  pred_smaskembs
-    pooled_pos: Optional[Tensor] = None  # [B, mb, C]  pred_pspatials
-    pooled_neg: Optional[Tensor] = None  # [B, mb, C]  pred_nspatials
+    object_logits: Tensor | None = None  # [B, Q, K]  official pred_logits (None without class logits)
+    object_masks: Tensor | None = None  # [B, Q, h, w]  pred_masks
+    object_embeddings: Tensor | None = None  # [B, Q, P]  pred_captions (class_embed output)
+    grounding_masks: Tensor | None = None  # [B, Q, h, w]  pred_gmasks
+    grounding_embeddings: Tensor | None = None  # [B, Q, P]  pred_gtexts
+    spatial_masks: Tensor | None = None  # [B, 3mb, h, w]  pred_smasks
+    spatial_embeddings: Tensor | None = None  # [B, 3mb, P]  pred_stexts
+    spatial_mask_embeddings: Tensor | None = None  # [B, 3mb, C]  pred_smaskembs
+    pooled_pos: Tensor | None = None  # [B, mb, C]  pred_pspatials
+    pooled_neg: Tensor | None = None  # [B, mb, C]  pred_nspatials
 
     _OFFICIAL_NAMES = {
         "object_logits": "pred_logits", "object_masks": "pred_masks", "object_embeddings": "pred_captions",
@@ -301,7 +301,7 @@ class DecoderOutput:
 
     final: Prediction
     aux: list[Prediction] = field(default_factory=list)
-    query_indices: Optional[Tensor] = None  # [3 mb] rows of the object queries copied as spatial queries
+    query_indices: Tensor | None = None  # [3 mb] rows of the object queries copied as spatial queries
     memory_assignments: list[Tensor] = field(default_factory=list)  # per layer [M] object index per memory slot
 
 
@@ -321,7 +321,7 @@ class SpatialSelection:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sample_prompt_points(mask: Tensor, budget: int, generator: Optional[torch.Generator] = None) -> Tensor:
+def sample_prompt_points(mask: Tensor, budget: int, generator: torch.Generator | None = None) -> Tensor:
     """The official ``rand_sample`` (v1): True pixels of ``mask [mb, H, W]`` as ``(n, y, x)`` rows [K, 3].
 
     Every pixel is kept when there are at most ``budget``; otherwise ``budget`` pixels are drawn without
@@ -425,7 +425,7 @@ class SeemDecoder(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     def encode_prompt(self, multi_scale_features: Sequence[Tensor], mask_features: Tensor,
                       pos_masks: Sequence[Tensor] | Tensor, neg_masks: Sequence[Tensor] | Tensor | None = None,
-                      *, generator: Optional[torch.Generator] | Sequence[Optional[torch.Generator]] = None
+                      *, generator: torch.Generator | None | Sequence[torch.Generator | None] = None
                       ) -> PromptTokens:
         """Encode spatial prompts (the official ``task='refimg'`` early return, plus object indices).
 
@@ -445,7 +445,7 @@ class SeemDecoder(nn.Module):
         srcs, _, sizes = self._prepare_levels(multi_scale_features)
         budgets = self.config.max_spatial_len
         if generator is None or isinstance(generator, torch.Generator):
-            generators: list[Optional[torch.Generator]] = [generator] * batch
+            generators: list[torch.Generator | None] = [generator] * batch
         else:
             generators = list(generator)
             if len(generators) != batch:
@@ -478,7 +478,7 @@ class SeemDecoder(nn.Module):
         return PromptTokens(pooled_pos_t, pooled_neg_t, tuple(tokens), tuple(paddings), tuple(indices))
 
     def _pooled_prompt(self, mask_features: Tensor, mask: Tensor, budget: int,
-                       generator: Optional[torch.Generator]) -> Tensor:
+                       generator: torch.Generator | None) -> Tensor:
         """[mb, C]: mean of point_sample(mask_features) over each object's sampled points (-1 if none)."""
         num_obj, height, width = mask.shape
         out = mask_features.new_full((num_obj, mask_features.shape[0]), -1.0)
@@ -493,7 +493,7 @@ class SeemDecoder(nn.Module):
         return out
 
     def _level_tokens(self, grid: Tensor, pos: Tensor, neg: Tensor, budget: int,
-                      generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+                      generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Tokens [S, C] (positives then negatives, + pn_indicator) and their object index [S]."""
         height, width = pos.shape[-2:]
         pos_points = sample_prompt_points(pos, budget, generator)
@@ -509,16 +509,16 @@ class SeemDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
     def forward(self, multi_scale_features: Sequence[Tensor], mask_features: Tensor, *,
-                batch_size: Optional[int] = None,
-                prompt: Optional[PromptTokens] = None,
-                query_indices: Optional[Tensor] = None,
-                prev_mask: Optional[Tensor] = None,
-                memory_assignment: Optional[Tensor] = None,
-                grounding: Optional[GroundingTokens] = None,
+                batch_size: int | None = None,
+                prompt: PromptTokens | None = None,
+                query_indices: Tensor | None = None,
+                prev_mask: Tensor | None = None,
+                memory_assignment: Tensor | None = None,
+                grounding: GroundingTokens | None = None,
                 include_object_queries: bool = True,
                 with_class_logits: bool = True,
                 return_aux: bool = False,
-                generator: Optional[torch.Generator] = None) -> DecoderOutput:
+                generator: torch.Generator | None = None) -> DecoderOutput:
         """Run the decoder.
 
         Features may have batch 1 and be shared by B decoder batch elements (B taken from ``batch_size``, the
@@ -572,8 +572,8 @@ class SeemDecoder(nn.Module):
                              query_indices=query_indices if prompt is not None else None,
                              memory_assignments=memory_rows.history if memory_rows is not None else [])
 
-    def _decoder_batch(self, mask_features: Tensor, batch_size: Optional[int], prompt: Optional[PromptTokens],
-                       grounding: Optional[GroundingTokens]) -> int:
+    def _decoder_batch(self, mask_features: Tensor, batch_size: int | None, prompt: PromptTokens | None,
+                       grounding: GroundingTokens | None) -> int:
         candidates = {mask_features.shape[0]} - {1}
         for b in (batch_size, prompt.batch_size if prompt is not None else None,
                   grounding.tokens.shape[0] if grounding is not None else None):
@@ -583,8 +583,8 @@ class SeemDecoder(nn.Module):
             raise PromptError(f"inconsistent batch sizes {sorted(candidates)} (features may have batch 1)")
         return candidates.pop() if candidates else 1
 
-    def _spatial_query_indices(self, num_objects: int, batch: int, query_indices: Optional[Tensor],
-                               generator: Optional[torch.Generator]) -> Tensor:
+    def _spatial_query_indices(self, num_objects: int, batch: int, query_indices: Tensor | None,
+                               generator: torch.Generator | None) -> Tensor:
         """Rows of the object queries copied as spatial queries: [3 mb] shared by the batch, or [B, 3 mb]."""
         count = self.config.queries_per_object * num_objects
         device = self.query_feat.weight.device
@@ -602,8 +602,8 @@ class SeemDecoder(nn.Module):
         return query_indices
 
     # ------------------------------------------------------------------------------------------------------
-    def _predict(self, state: "_QueryState", mask_features: Tensor, target_size: tuple[int, int],
-                 prompt: Optional[PromptTokens], with_class_logits: bool) -> Prediction:
+    def _predict(self, state: _QueryState, mask_features: Tensor, target_size: tuple[int, int],
+                 prompt: PromptTokens | None, with_class_logits: bool) -> Prediction:
         """Prediction heads on every query group (memory excluded: its masks are always replaced)."""
         names = [n for n in state.order if n != "memory"]
         content = torch.cat([state.content[n] for n in names], dim=1)
@@ -638,8 +638,8 @@ class SeemDecoder(nn.Module):
             pred.pooled_neg = prompt.pooled_neg
         return pred
 
-    def _cross_attention(self, layer: int, state: "_QueryState", src: Tensor, pos: Tensor,
-                         memory_rows: Optional["_MemoryMask"], size: tuple[int, int]) -> None:
+    def _cross_attention(self, layer: int, state: _QueryState, src: Tensor, pos: Tensor,
+                         memory_rows: _MemoryMask | None, size: tuple[int, int]) -> None:
         masks = []
         for name in state.order:
             if name == "memory":
@@ -654,8 +654,8 @@ class SeemDecoder(nn.Module):
         out = self.transformer_cross_attention_layers[layer](content, qpos, src, pos, blocked)
         state.split(state.order, out)
 
-    def _self_attention(self, layer: int, state: "_QueryState", prompt: Optional[PromptTokens], level: int,
-                        memory_rows: Optional["_MemoryMask"]) -> None:
+    def _self_attention(self, layer: int, state: _QueryState, prompt: PromptTokens | None, level: int,
+                        memory_rows: _MemoryMask | None) -> None:
         parts: list[tuple[str, Tensor, Tensor]] = []
         for name in ("object", "grounding", "spatial"):
             if name in state.content:
@@ -736,9 +736,9 @@ class _QueryState:
         self.content: dict[str, Tensor] = {}
         self.pos: dict[str, Tensor] = {}
         self.attn_mask: dict[str, Tensor] = {}
-        self.grounding_tokens: Optional[Tensor] = None
-        self.grounding_tokens_pos: Optional[Tensor] = None
-        self.grounding_padding: Optional[Tensor] = None
+        self.grounding_tokens: Tensor | None = None
+        self.grounding_tokens_pos: Tensor | None = None
+        self.grounding_padding: Tensor | None = None
         self.dtype = torch.float32
 
     @property
@@ -770,15 +770,15 @@ class _QueryState:
 class _MemoryMask:
     """Cross-attention rows of the memory tokens, taken from the previous mask logits (§6.2)."""
 
-    def __init__(self, prev_mask: Tensor, num_memories: int, assignment: Optional[Tensor],
-                 generator: Optional[torch.Generator]) -> None:
+    def __init__(self, prev_mask: Tensor, num_memories: int, assignment: Tensor | None,
+                 generator: torch.Generator | None) -> None:
         if prev_mask.dim() != 4:
             raise PromptError(f"prev_mask must be [B, objects, h, w] logits, got shape {tuple(prev_mask.shape)}")
         self.prev_mask = prev_mask
         self.num_memories = num_memories
         self.fixed = None if assignment is None else torch.as_tensor(assignment, dtype=torch.long).reshape(-1)
         self.generator = generator
-        self.current: Optional[Tensor] = None
+        self.current: Tensor | None = None
         self.history: list[Tensor] = []
         objects = prev_mask.shape[1]
         if objects > num_memories:
@@ -811,9 +811,9 @@ class _MemoryMask:
 
 
 def build_self_attention_mask(lengths: dict[str, int], batch: int, *, content_device: torch.device,
-                              queries_per_object: int, token_padding: Optional[Tensor],
-                              token_object: Optional[Tensor], grounding_padding: Optional[Tensor],
-                              memory_assignment: Optional[Tensor]) -> Tensor:
+                              queries_per_object: int, token_padding: Tensor | None,
+                              token_object: Tensor | None, grounding_padding: Tensor | None,
+                              memory_assignment: Tensor | None) -> Tensor:
     """Self-attention mask [B, N, N] (True = blocked) following the v1 ATTENTION_ARCH rules (§4.8).
 
     ``lengths`` lists the present segments in sequence order, among: object, grounding, spatial,

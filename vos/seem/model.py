@@ -25,9 +25,9 @@ separate calls (up to float rounding) as long as the same spatial-query draw is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,15 +37,21 @@ from torch import Tensor, nn
 from vos.errors import CheckpointError, EngineError, PromptError
 from vos.seem.backbone import build_backbone
 from vos.seem.config import SeemConfig
-from vos.seem.decoder import (DecoderOutput, GroundingTokens, PromptTokens, SeemDecoder, SpatialSelection,
-                              select_spatial_masks)
+from vos.seem.decoder import (
+    DecoderOutput,
+    GroundingTokens,
+    PromptTokens,
+    SeemDecoder,
+    SpatialSelection,
+    select_spatial_masks,
+)
 from vos.seem.pixel_decoder import build_pixel_decoder
 from vos.seem.preprocess import pad_to_multiple, resize_image, resize_prompt_mask, resized_shape
 from vos.seem.text_encoder import LanguageEncoder
 from vos.seem.vocabulary import DEFAULT_VOCABULARY, display_names, is_thing
 
-ImageInput = Union[np.ndarray, Tensor]
-MaskInput = Union[np.ndarray, Tensor]
+ImageInput = np.ndarray | Tensor
+MaskInput = np.ndarray | Tensor
 
 # ----------------------------------------------------------------------------------------------------------
 # Results
@@ -73,7 +79,7 @@ class ImageFeatures:
     def batch_size(self) -> int:
         return int(self.mask_features.shape[0])
 
-    def __getitem__(self, index: int) -> "ImageFeatures":
+    def __getitem__(self, index: int) -> ImageFeatures:
         """Features of image ``index`` of a batch encoded together."""
         sl = slice(index, index + 1 if index != -1 else None)
         return ImageFeatures(self.mask_features[sl], tuple(f[sl] for f in self.multi_scale), self.image_size,
@@ -88,12 +94,12 @@ class SpatialResult:
     scores: Tensor  # [N] selection score: mask embedding . pooled prompt vector (raw dot product)
     query_index: Tensor  # [N] which of the 3 spatial queries of the object was selected
     mask_embedding: Tensor  # [N, C] mask embedding of the selected query (mask_logits = mask_embedding . features)
-    class_logits: Optional[Tensor]  # [N, K] class head on the selected query (K = 134); None if not asked for
+    class_logits: Tensor | None  # [N, K] class head on the selected query (K = 134); None if not asked for
     candidate_mask_logits: Tensor  # [N, 3, h4, w4] the masks of all 3 spatial queries of each object
     candidate_mask_embeddings: Tensor  # [N, 3, C] their mask embeddings (official pred_smaskembs)
     candidate_embeddings: Tensor  # [N, 3, P] their class-space embeddings (pred_stexts), e.g. to choose by text
     query_indices: Tensor  # [3] or [N, 3]: object-query rows copied as spatial queries (the random draw)
-    decoder_output: Optional[DecoderOutput] = None  # full output when asked for (return_decoder_output=True)
+    decoder_output: DecoderOutput | None = None  # full output when asked for (return_decoder_output=True)
 
     @property
     def prev_mask(self) -> Tensor:
@@ -109,7 +115,7 @@ class GroundingResult:
     query_index: Tensor  # [n]
     scores: Tensor  # [n] grounding similarity of the selected query
     similarity: Tensor  # [Q, n] min(exp(logit_scale), 100) * cos(pred_gtexts, text)
-    class_logits: Optional[Tensor]  # [n, K] class head on the selected grounding queries; None if not asked for
+    class_logits: Tensor | None  # [n, K] class head on the selected grounding queries; None if not asked for
 
 
 @dataclass
@@ -191,7 +197,7 @@ class SeemModel(nn.Module):
 
     @torch.no_grad()
     def compute_vocabulary(self, class_names: Sequence[str] = DEFAULT_VOCABULARY,
-                           cache_dir: Union[str, Path, None] = None) -> Tensor:
+                           cache_dir: str | Path | None = None) -> Tensor:
         """Encode the class vocabulary (81 templates per name) for the class head; returns [K, P].
 
         The official demo does this at start-up with the 133 COCO names + "background"; the embeddings are
@@ -205,12 +211,12 @@ class SeemModel(nn.Module):
         self.predictor.set_class_embeddings(embeddings)
 
     # ---- image ------------------------------------------------------------------------------------------
-    def forward(self, image: ImageInput, short_side: Optional[int] = 512) -> ImageFeatures:
+    def forward(self, image: ImageInput, short_side: int | None = 512) -> ImageFeatures:
         """Same as `encode_image`."""
         return self.encode_image(image, short_side=short_side)
 
-    def encode_image(self, image: ImageInput, *, short_side: Optional[int] = 512,
-                     max_size: Optional[int] = None) -> ImageFeatures:
+    def encode_image(self, image: ImageInput, *, short_side: int | None = 512,
+                     max_size: int | None = None) -> ImageFeatures:
         """Backbone + pixel decoder for an RGB image: uint8 ``H x W x 3`` numpy array, or uint8/float (0..255)
         tensor ``[3, H, W]`` / ``[B, 3, H, W]``.
 
@@ -255,8 +261,8 @@ class SeemModel(nn.Module):
             m = resize_prompt_mask(m, features.image_size)
         return pad_to_multiple(m, self.config.size_divisibility, value=False)
 
-    def encode_prompt(self, features: ImageFeatures, positive: MaskInput, negative: Optional[MaskInput] = None, *,
-                      generator: Optional[torch.Generator] = None) -> PromptTokens:
+    def encode_prompt(self, features: ImageFeatures, positive: MaskInput, negative: MaskInput | None = None, *,
+                      generator: torch.Generator | None = None) -> PromptTokens:
         """Encode N objects' prompts (positive masks ``[N, H, W]``, optional negative masks) drawn on the image
         of ``features`` -> `PromptTokens` with batch N (one object per element).
 
@@ -277,15 +283,15 @@ class SeemModel(nn.Module):
                                             list(pos[:, None]), list(neg[:, None]), generator=generators)
 
     def encode_reference(self, features: ImageFeatures, ref_masks: MaskInput,
-                         negative: Optional[MaskInput] = None, *,
-                         generator: Optional[torch.Generator] = None) -> PromptTokens:
+                         negative: MaskInput | None = None, *,
+                         generator: torch.Generator | None = None) -> PromptTokens:
         """Referring-image prompt (stage 1): tokens of N objects drawn on a reference image, to be decoded on
         other images with `decode_prompt`. Same as `encode_prompt`; the returned tokens carry the per-token
         object index that the official v1 target pass lacks (§7.2)."""
         return self.encode_prompt(features, ref_masks, negative, generator=generator)
 
-    def decode_prompt(self, features: ImageFeatures, prompt: PromptTokens, *, prev_mask: Optional[Tensor] = None,
-                      query_indices: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+    def decode_prompt(self, features: ImageFeatures, prompt: PromptTokens, *, prev_mask: Tensor | None = None,
+                      query_indices: Tensor | None = None, generator: torch.Generator | None = None,
                       with_object_queries: bool = False, with_class_logits: bool = True,
                       return_decoder_output: bool = False) -> SpatialResult:
         """Decode the N objects of ``prompt`` on the image of ``features``.
@@ -310,9 +316,9 @@ class SeemModel(nn.Module):
         sel = select_spatial_masks(out.final, self.config.decoder.queries_per_object)
         return self._spatial_result(sel, out, with_class_logits, return_decoder_output)
 
-    def decode_spatial(self, features: ImageFeatures, positive: MaskInput, negative: Optional[MaskInput] = None, *,
-                       prev_mask: Optional[Tensor] = None, query_indices: Optional[Tensor] = None,
-                       generator: Optional[torch.Generator] = None, with_object_queries: bool = False,
+    def decode_spatial(self, features: ImageFeatures, positive: MaskInput, negative: MaskInput | None = None, *,
+                       prev_mask: Tensor | None = None, query_indices: Tensor | None = None,
+                       generator: torch.Generator | None = None, with_object_queries: bool = False,
                        with_class_logits: bool = True, return_decoder_output: bool = False) -> SpatialResult:
         """Strokes / clicks / masks on this image for N objects (``positive [N, H, W]``), optional negatives
         and memory (``prev_mask``); see `encode_prompt` and `decode_prompt`."""
@@ -379,8 +385,8 @@ class SeemModel(nn.Module):
         assert out.final.object_logits is not None and out.final.object_masks is not None
         return SegmentationResult(out.final.object_logits[0], out.final.object_masks[0])
 
-    def semantic_segmentation(self, features: ImageFeatures, output_size: Optional[tuple[int, int]] = None,
-                              seg: Optional[SegmentationResult] = None) -> Tensor:
+    def semantic_segmentation(self, features: ImageFeatures, output_size: tuple[int, int] | None = None,
+                              seg: SegmentationResult | None = None) -> Tensor:
         """Per-class scores ``[num_classes, H, W]`` = sum_q softmax(class_q)[:133] * sigmoid(mask_q), at
         ``output_size`` (default: the original image size); argmax over dim 0 gives the label map."""
         seg = seg or self.segment(features)
@@ -388,8 +394,8 @@ class SeemModel(nn.Module):
         probs = seg.class_logits.float().softmax(-1)[:, : self.config.num_classes]
         return torch.einsum("qc,qhw->chw", probs, masks.float().sigmoid())
 
-    def panoptic_segmentation(self, features: ImageFeatures, output_size: Optional[tuple[int, int]] = None,
-                              seg: Optional[SegmentationResult] = None) -> tuple[Tensor, list[PanopticSegment]]:
+    def panoptic_segmentation(self, features: ImageFeatures, output_size: tuple[int, int] | None = None,
+                              seg: SegmentationResult | None = None) -> tuple[Tensor, list[PanopticSegment]]:
         """Official panoptic inference: ``(id map [H, W] int32 with 0 = void, segments)``."""
         seg = seg or self.segment(features)
         masks = upsample_logits(seg.mask_logits, features, output_size, mode="bicubic_antialias").float().sigmoid()
@@ -435,7 +441,7 @@ class SeemModel(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def upsample_logits(mask_logits: Tensor, features: ImageFeatures, output_size: Optional[tuple[int, int]] = None,
+def upsample_logits(mask_logits: Tensor, features: ImageFeatures, output_size: tuple[int, int] | None = None,
                     mode: str = "bilinear") -> Tensor:
     """Mask logits ``[N, h4, w4]`` -> ``[N, H, W]`` logits at ``output_size`` (default: original image size).
 
@@ -501,26 +507,26 @@ def _image_tensor(image: ImageInput) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _resolve_config(variant: Union[str, SeemConfig]) -> SeemConfig:
+def _resolve_config(variant: str | SeemConfig) -> SeemConfig:
     return variant if isinstance(variant, SeemConfig) else SeemConfig.from_variant(variant)
 
 
-def build_seem(config: Union[SeemConfig, str] = "focalt") -> SeemModel:
+def build_seem(config: SeemConfig | str = "focalt") -> SeemModel:
     """A `SeemModel` with initial (random) weights, in eval mode. Build under ``torch.device("meta")`` to get
     the structure without allocating memory."""
     return SeemModel(_resolve_config(config)).eval()
 
 
-def load_seem(path_or_name: Union[str, Path], variant: Union[str, SeemConfig] = "focalt", *,
-              device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+def load_seem(path_or_name: str | Path, variant: str | SeemConfig = "focalt", *,
+              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
               vocabulary: bool = True) -> SeemModel:
     """Build the model and load a checkpoint strictly (`vos.seem.checkpoint.load_state_dict_strict`).
 
     ``path_or_name``: a checkpoint file, or a registry name already downloaded (``seem-focalt``,
     ``seem-focall``; see `vos.seem.download`). ``variant``: ``"focalt"``, ``"focall"`` or a `SeemConfig`
     (e.g. ``SeemConfig.from_official_yaml(...)``). ``vocabulary``: compute the 134 COCO class embeddings needed
-    by the class head (minutes on a CPU for full-size weights, then cached beside the downloaded weights); without it call `compute_vocabulary` or
-    `set_class_embeddings` before using class logits. Returns the model in eval mode.
+    by the class head (minutes on a CPU for full-size weights, then cached beside the downloaded weights); without
+    it call `compute_vocabulary` or `set_class_embeddings` before using class logits. Returns the model in eval mode.
     """
     from vos.seem.checkpoint import compare_state_dicts, load_state_dict_strict, read_state_dict
     from vos.seem.download import resolve_weights
