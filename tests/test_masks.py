@@ -1,4 +1,5 @@
-"""Mask formats: RLE and PNG round trips on real DAVIS masks, palette, overlay video, overlap resolution."""
+"""Mask formats: RLE and PNG round trips on a real DAVIS mask (the shipped sample's), palette, overlay video, overlap
+resolution."""
 
 import json
 from pathlib import Path
@@ -23,8 +24,8 @@ from vos.video import open_video
 
 
 @pytest.fixture(scope="module")
-def swan_mask(davis16_root: Path) -> np.ndarray:
-    return read_label_png(davis16_root / "Annotations" / "480p" / "blackswan" / "00000.png") > 0
+def swan_mask(sample_mask_path: Path) -> np.ndarray:
+    return read_label_png(sample_mask_path) > 0
 
 
 def test_davis16_annotation_reads_as_binary(swan_mask: np.ndarray) -> None:
@@ -86,9 +87,9 @@ def test_exclusive_masks_assign_each_pixel_once() -> None:
     assert masks[1][:, 0].all() and masks[2][:, 1].all() and masks[1][:, 2].all() and masks[2][:, 3].all()
 
 
-def test_overlay_video_is_readable(tmp_path: Path, davis16_root: Path, swan_mask: np.ndarray) -> None:
+def test_overlay_video_is_readable(tmp_path: Path, sample_video: Path, swan_mask: np.ndarray) -> None:
     labels = swan_mask.astype(np.uint8)
-    with open_video(davis16_root / "JPEGImages" / "480p" / "blackswan") as video, \
+    with open_video(sample_video) as video, \
             OverlayWriter(tmp_path / "overlay.mp4", 24.0, 854, 480) as writer:
         frames = iter(video)
         first = next(frames)
