@@ -80,8 +80,11 @@ def test_palette_matches_pascal_voc() -> None:
 
 
 def test_exclusive_masks_assign_each_pixel_once() -> None:
-    a = np.zeros((4, 4)); a[:, :3] = 0.9
-    b = np.zeros((4, 4)); b[:, 1:] = 0.8; b[:, 1] = 0.95
+    a = np.zeros((4, 4))
+    a[:, :3] = 0.9
+    b = np.zeros((4, 4))
+    b[:, 1:] = 0.8
+    b[:, 1] = 0.95
     masks = exclusive_masks({1: a, 2: b})
     assert not (masks[1] & masks[2]).any()
     assert masks[1][:, 0].all() and masks[2][:, 1].all() and masks[1][:, 2].all() and masks[2][:, 3].all()
