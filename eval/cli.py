@@ -15,17 +15,17 @@ DAVIS reports go next to each method's results (see :mod:`eval.report`); compari
 from __future__ import annotations
 
 import argparse
-import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from eval.datasets import VosDataset, open_dataset
 from eval.report import format_table, write_comparison, write_report
 from eval.runner import EngineRun, ResultsError, run_engine, score_predictions
 from eval.youtube_vos import submission_files, write_submission
 from vos.cli import add_engine_arguments, engine_options
-from vos.engine import available_engines, engine_class
+from vos.engine import available_engines, engine_options_class
 from vos.errors import VosError
 
 DEFAULT_ENGINE = "classical"
@@ -179,7 +179,7 @@ def _options_per_engine(engines: Sequence[str], options: dict[str, Any]) -> dict
         raise UsageError(f"--engine lists an engine twice: {', '.join(engines)}")
     if len(engines) == 1:
         return {engines[0]: options}
-    accepted = {e: set(inspect.signature(engine_class(e).__init__).parameters) for e in engines}
+    accepted = {e: set(engine_options_class(e).model_fields) for e in engines}
     unused = sorted(name for name in options if not any(name in params for params in accepted.values()))
     if unused:
         raise UsageError(f"no engine among {', '.join(engines)} takes the option(s) {', '.join(unused)}")

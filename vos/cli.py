@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from pydantic.fields import FieldInfo
 from tqdm import tqdm
 
-from vos.engine import available_engines, create_engine
+from vos.engine import available_engines, create_engine, engine_options_class
 from vos.errors import PromptError, VosError
 from vos.masks import mask_from_png_bytes, read_label_png
 from vos.outputs import ResultWriter
@@ -56,20 +59,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Engine choice and options shared by every command that runs an engine (track, eval, submit)."""
-    parser.add_argument("--engine", default="classical", choices=available_engines(), help="tracking engine (default: classical, weight-free)")
-    parser.add_argument("--weights", help="SEEM checkpoint: a file path, seem-focalt or seem-focall (downloaded on first use)")
-    parser.add_argument("--variant", help="SEEM architecture of a checkpoint file: focalt (default), focall or an official config YAML")
-    parser.add_argument("--device", help="torch device for model engines, e.g. cpu, cuda, cuda:1")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="model precision")
-    parser.add_argument("--resolution", type=int, help="model input short side in pixels (SEEM default 512)")
-    parser.add_argument("--seed", type=int, help="random seed for reproducible model engines")
+    """Engine choice and options shared by every command that runs an engine (track, eval, submit).
+
+    One flag per option of every registered engine's options model (``working_width`` -> ``--working-width``);
+    the chosen engine validates the values, so an option of another engine is a clear error.
+    """
+    parser.add_argument("--engine", default="classical", choices=available_engines(),
+                        help="tracking engine (default: classical, weight-free)")
+    group = parser.add_argument_group("engine options (unset ones keep the engine's default)")
+    for name, (info, engines) in _engine_option_fields().items():
+        choices = _literal_choices(info.annotation)
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, choices=choices,
+                           type=_cli_type(info.annotation), metavar=None if choices else name.upper(),
+                           help=f"{info.description} [{', '.join(engines)}; default {info.default}]")
+
+
+def _engine_option_fields() -> dict[str, tuple[FieldInfo, list[str]]]:
+    """Every option name of the registered engines, with its field (from the first engine that declares it) and the
+    engines that take it."""
+    fields: dict[str, tuple[FieldInfo, list[str]]] = {}
+    for engine in available_engines():
+        try:
+            options = engine_options_class(engine)
+        except ImportError:  # registered, but its module is not installed here: it takes no flags
+            continue
+        for name, info in options.model_fields.items():
+            fields.setdefault(name, (info, []))[1].append(engine)
+    return fields
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    """The allowed values of a ``Literal[...]`` option (optionally ``| None``), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return [str(v) for v in typing.get_args(candidate)]
+    return None
+
+
+def _cli_type(annotation: Any) -> type:
+    """int or float for numeric options (so JSON submissions carry numbers), str for everything else."""
+    return annotation if annotation in (int, float) else str
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine options the user set (unset ones keep each engine's defaults)."""
-    names = ("weights", "variant", "device", "precision", "resolution", "seed")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for name in _engine_option_fields() if getattr(args, name, None) is not None}
 
 
 # ---------------------------------------------------------------------------------------------- track

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import abc
 import importlib
-import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vos.errors import EngineError, UnsupportedPromptError
 from vos.masks import labels_from_masks
@@ -48,12 +49,34 @@ class FrameResult:
         return labels_from_masks({i: r.mask for i, r in self.objects.items()}, self.height, self.width)
 
 
+class EngineOptions(BaseModel):
+    """An engine's options: each engine subclasses this with typed, range-checked and described fields.
+
+    The same model validates API submissions, appears in the API's OpenAPI schema and generates the ``vos track``
+    flags, so an option is declared once.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+
+
 class Engine(abc.ABC):
-    """A video object segmentation engine. Subclasses set :attr:`name` and :attr:`supported_prompts`."""
+    """A video object segmentation engine. Subclasses set :attr:`name`, :attr:`supported_prompts` and
+    :attr:`Options`, and take their options as keyword arguments (or one ready :attr:`Options` instance)."""
 
     name: ClassVar[str]
     supported_prompts: ClassVar[frozenset[str]]
     unsupported_hint: ClassVar[str] = "use another engine or another prompt kind"  # ends UnsupportedPromptError
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
+
+    def __init__(self, options: EngineOptions | None = None, **values: Any) -> None:
+        if options is not None and values:
+            raise EngineError(f"engine {self.name!r}: give an options model or option values, not both")
+        self.options = options if options is not None else validate_options(type(self), values)
+
+    @classmethod
+    def validate_options(cls, values: Mapping[str, Any]) -> EngineOptions:
+        """``values`` checked against :attr:`Options`; a bad name, type or range is an :class:`EngineError`."""
+        return validate_options(cls, values)
 
     @classmethod
     def check_prompts(cls, prompts: Sequence[ObjectPrompt]) -> None:
@@ -83,20 +106,27 @@ class Engine(abc.ABC):
 
 # ---------------------------------------------------------------------------------------------- registry
 
-# Engines are imported on first use, so choosing the weight-free engine never pays for loading another.
+# Engines are imported on first use, so choosing the weight-free engine never pays for loading another. An engine
+# whose module is heavy names a light module for its options model, so listing options imports no model code.
 _ENGINES: dict[str, str] = {
     "classical": "vos.engines.classical:ClassicalEngine",
     "seem": "vos.engines.seem:SeemEngine",
 }
+_OPTIONS: dict[str, str] = {"seem": "vos.engines.seem_options:SeemOptions"}
 
 
-def register_engine(name: str, target: str) -> None:
-    """Make ``create_engine(name)`` build ``target``, given as ``"module:Class"`` (imported on first use)."""
+def register_engine(name: str, target: str, options: str | None = None) -> None:
+    """Make ``create_engine(name)`` build ``target``, given as ``"module:Class"`` (imported on first use);
+    ``options`` optionally names its options model the same way, when importing the engine is costly."""
     _ENGINES[name] = target
+    _OPTIONS.pop(name, None)
+    if options is not None:
+        _OPTIONS[name] = options
 
 
 def unregister_engine(name: str) -> None:
     _ENGINES.pop(name, None)
+    _OPTIONS.pop(name, None)
 
 
 def available_engines() -> list[str]:
@@ -107,20 +137,59 @@ def engine_class(name: str) -> type[Engine]:
     """The engine class registered under ``name``."""
     if name not in _ENGINES:
         raise EngineError(f"unknown engine {name!r}; available engines: {', '.join(available_engines())}")
-    module_name, class_name = _ENGINES[name].split(":")
+    return _import(_ENGINES[name])
+
+
+def engine_options_class(name: str) -> type[EngineOptions]:
+    """The options model of engine ``name`` (without importing the engine when it names a light module)."""
+    if name in _OPTIONS:
+        return _import(_OPTIONS[name])
+    return engine_class(name).Options
+
+
+def _import(target: str) -> Any:
+    module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def check_engine_options(name: str, options: Mapping[str, Any]) -> type[Engine]:
-    """The engine class for ``name``, after checking that it takes every option given (nothing is built)."""
-    cls = engine_class(name)
-    accepted = sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
-    unknown = sorted(set(options) - set(accepted))
+def validate_options(cls: type[Engine], values: Mapping[str, Any]) -> EngineOptions:
+    """``values`` as ``cls``'s options model; unknown names, wrong types and out-of-range values are one
+    :class:`EngineError` that names every bad option and lists the valid ones."""
+    return _validated(cls.name, cls.Options, values)
+
+
+def _validated(name: str, model: type[EngineOptions], values: Mapping[str, Any]) -> EngineOptions:
+    if not isinstance(values, Mapping):
+        raise EngineError(f"options of engine {name!r} must be a mapping of names to values")
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as error:
+        raise EngineError(_describe(name, model, error)) from None
+
+
+def _describe(name: str, model: type[EngineOptions], error: ValidationError) -> str:
+    unknown, problems = [], []
+    for detail in error.errors():
+        where = ".".join(str(part) for part in detail["loc"])
+        if detail["type"] == "extra_forbidden":
+            unknown.append(where)
+        else:
+            option = f"option {where}" if where else "options"
+            problems.append(f"engine {name!r} {option}: {detail['msg']} (got {repr(detail['input'])[:60]})")
     if unknown:
-        raise EngineError(f"engine {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(accepted) or 'none'}")
-    return cls
+        accepted = ", ".join(model.model_fields) or "none"
+        problems.insert(0, f"engine {name!r} has no option {', '.join(unknown)}; its options are: {accepted}")
+    return "; ".join(problems)
+
+
+def check_engine_options(name: str, options: Mapping[str, Any]) -> EngineOptions:
+    """The validated options model of engine ``name`` (nothing is built and no model code is imported: front ends
+    call this at submission)."""
+    return _validated(name, engine_options_class(name), options)
 
 
 def create_engine(name: str, **options: Any) -> Engine:
-    """Create an engine by name; unknown options are an :class:`EngineError` naming the valid ones."""
-    return check_engine_options(name, options)(**options)
+    """Create an engine by name; bad options are an :class:`EngineError` naming them and the valid ones."""
+    cls = engine_class(name)
+    checked = validate_options(cls, options)
+    return cls(**{key: getattr(checked, key) for key in checked.model_fields_set})

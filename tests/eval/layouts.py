@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vos.engine import Engine, ObjectResult
+from vos.engine import Engine, EngineOptions, ObjectResult
 from vos.prompts import ObjectPrompt
 
 SOURCE = "blackswan"  # the shared sequence the synthetic layouts are made from
@@ -122,6 +122,10 @@ class RepeatMaskEngine(Engine):
     supported_prompts = frozenset({"mask"})
     steps = 0
 
+    class Options(EngineOptions):
+        shift: int = 0
+        seed: int = 0  # an option only this engine takes
+
     def __init__(self, shift: int = 0, seed: int = 0) -> None:  # seed: an option only this engine takes
         self.shift = shift
         self.masks: dict[int, np.ndarray] = {}
@@ -140,6 +144,9 @@ class ShiftedMaskEngine(RepeatMaskEngine):
     """A second, worse engine for comparisons: the prompt mask moved by 7 pixels."""
 
     name = "shifted"
+
+    class Options(EngineOptions):
+        shift: int = 7
 
     def __init__(self, shift: int = 7) -> None:
         super().__init__(shift)

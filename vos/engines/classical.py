@@ -28,15 +28,16 @@ reference-image prompts need the SEEM engine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from vos.engine import Engine, ObjectResult
+from vos.engine import Engine, EngineOptions, ObjectResult
 from vos.engines.initial_mask import initial_mask
-from vos.errors import EngineError
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
 
@@ -62,57 +63,46 @@ class _Track:
     score: float
 
 
-class ClassicalEngine(Engine):
-    """Flow propagation + frozen-colour-model graph cut, without learned weights (see the module docstring).
+class ClassicalOptions(EngineOptions):
+    """Options of the weight-free ``classical`` engine."""
 
-    Options: ``working_width`` (frames wider than this are processed downscaled to it; masks are returned at full
-    size), ``flow_width`` (the same for the optical flow), ``flow_preset`` (DIS ``ultrafast``/``fast``/``medium``),
-    ``band`` (half-width of the band the graph cut may change, as a fraction of the working width), ``min_agreement``
-    (IoU with the motion prior below which the cut is distrusted), ``flow_tolerance`` (pixels a flow vector may
-    deviate from the object's affine motion and still follow it; also how far the camera's motion must differ from
-    the object's before motion segmentation is used).
-    """
+    working_width: int = Field(480, ge=32, le=4096, description=(
+        "frames wider than this many pixels are segmented downscaled to it; masks are returned at full size"))
+    flow_width: int = Field(640, ge=32, le=4096, description="the same for the optical flow")
+    flow_preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="DIS optical flow preset")
+    band: float = Field(0.02, gt=0.0, lt=0.5, description=(
+        "half-width of the band the graph cut may change, as a fraction of the working width"))
+    min_agreement: float = Field(0.7, ge=0.0, le=1.0, description=(
+        "IoU with the motion prior below which the graph cut is distrusted and the motion prior kept"))
+    flow_tolerance: float = Field(2.0, gt=0.0, le=100.0, description=(
+        "pixels a flow vector may deviate from the object's affine motion and still follow it; also how far the "
+        "camera's motion must differ from the object's before motion segmentation is used"))
+
+
+class ClassicalEngine(Engine):
+    """Flow propagation + frozen-colour-model graph cut, without learned weights (see the module docstring and
+    :class:`ClassicalOptions`)."""
 
     name: ClassVar[str] = "classical"
     supported_prompts: ClassVar[frozenset[str]] = frozenset({"mask", "points", "box", "scribble"})
     unsupported_hint: ClassVar[str] = "text and reference-image prompts need the 'seem' engine (--engine seem)"
+    Options: ClassVar[type[EngineOptions]] = ClassicalOptions
+    options: ClassicalOptions
 
-    def __init__(
-        self,
-        working_width: int = 480,
-        flow_width: int = 640,
-        flow_preset: str = "medium",
-        band: float = 0.02,
-        min_agreement: float = 0.7,
-        flow_tolerance: float = 2.0,
-    ) -> None:
-        if min(working_width, flow_width) < 32:
-            raise EngineError(f"working_width and flow_width must be at least 32 pixels, "
-                              f"got {working_width} and {flow_width}")
-        if flow_preset not in _DIS_PRESETS:
-            raise EngineError(f"flow_preset must be one of {', '.join(_DIS_PRESETS)}, got {flow_preset!r}")
-        if not 0.0 < band < 0.5:
-            raise EngineError(f"band must lie in (0, 0.5), got {band}")
-        if not 0.0 <= min_agreement <= 1.0:
-            raise EngineError(f"min_agreement must lie in [0, 1], got {min_agreement}")
-        self.working_width = working_width
-        self.flow_width = flow_width
-        self.flow_preset = flow_preset
-        self.band = band
-        self.min_agreement = min_agreement
-        self.flow_tolerance = flow_tolerance
+    def __init__(self, options: ClassicalOptions | None = None, **values: Any) -> None:
+        super().__init__(options, **values)
         self.reset()
 
     def reset(self) -> None:
         self._tracks: dict[int, _Track] = {}
         self._previous_gray: np.ndarray | None = None
-        self._flow = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.flow_preset])
+        self._flow = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.options.flow_preset])
 
     def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
         self.check_prompts(prompts)
-        small = _downscale(frame, self.working_width)
+        small = _downscale(frame, self.options.working_width)
         bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)  # GrabCut's channel order
-        gray = cv2.cvtColor(_downscale(frame, self.flow_width), cv2.COLOR_RGB2GRAY)
+        gray = cv2.cvtColor(_downscale(frame, self.options.flow_width), cv2.COLOR_RGB2GRAY)
         if self._tracks and self._previous_gray is not None:
             flow = _resize_flow(self._flow.calc(gray, self._previous_gray, None), small.shape[:2])
             for track in self._tracks.values():
@@ -144,7 +134,7 @@ class ClassicalEngine(Engine):
         thick = cv2.morphologyEx(prior.astype(np.uint8), cv2.MORPH_OPEN, _THIN).astype(bool)
         thin = prior & ~cv2.dilate(thick.astype(np.uint8), _THIN).astype(bool)
         agreement = np.count_nonzero(cut & thick) / max(1, np.count_nonzero(cut | thick))
-        track.mask = cut | thin if agreement >= self.min_agreement else prior
+        track.mask = cut | thin if agreement >= self.options.min_agreement else prior
         track.score = float(agreement)
 
     def _motion_prior(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> np.ndarray:
@@ -163,12 +153,12 @@ class ClassicalEngine(Engine):
         grid = _Grid(width, height)
         object_motion = grid.affine(affine)
         deviation = _distance(object_motion, grid.displaced(flow))
-        prior = np.where(deviation <= self.flow_tolerance, local, whole) > 0.5
+        prior = np.where(deviation <= self.options.flow_tolerance, local, whole) > 0.5
         camera = _fit_homography(~_within(previous, 3 * self._reach(previous)), flow)
         if camera is None:
             return prior
         camera_motion = grid.homography(camera)
-        if _distance(camera_motion, grid.points)[previous].mean() < self.flow_tolerance:
+        if _distance(camera_motion, grid.points)[previous].mean() < self.options.flow_tolerance:
             return prior  # a still camera: parts of the object at rest would look like background
         return self._segment_by_motion(track, prior, bgr, grid.displaced(flow), object_motion, camera_motion,
                                        deviation)
@@ -177,9 +167,9 @@ class ClassicalEngine(Engine):
                            object_motion: np.ndarray, camera_motion: np.ndarray, deviation: np.ndarray) -> np.ndarray:
         """Drop prior pixels that move with the camera; add nearby ones that move with the object (see step 2)."""
         from_camera = _distance(camera_motion, flow_target)
-        distinct = _distance(object_motion, camera_motion) > self.flow_tolerance
+        distinct = _distance(object_motion, camera_motion) > self.options.flow_tolerance
         with_camera = distinct & (from_camera < _BACKGROUND_TOLERANCE)
-        with_object = (distinct & (deviation <= self.flow_tolerance) & (from_camera > self.flow_tolerance)
+        with_object = (distinct & (deviation <= self.options.flow_tolerance) & (from_camera > self.options.flow_tolerance)
                        & ~prior & _within(prior, 2 * self._reach(prior)))
         ys, xs = np.nonzero(with_object)
         colours = bgr[ys, xs].astype(np.float64)
@@ -208,7 +198,7 @@ class ClassicalEngine(Engine):
         return mask
 
     def _reach(self, mask: np.ndarray) -> float:
-        return max(2.0, self.band * mask.shape[1])
+        return max(2.0, self.options.band * mask.shape[1])
 
     # ------------------------------------------------------------------------------------------------ output
 

@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,15 +37,15 @@ import torch
 from torch import Tensor
 
 from vos.engine import Engine, ObjectResult
-from vos.errors import CheckpointError, DownloadError, EngineError, PromptError
+from vos.engines.seem_options import SeemOptions
+from vos.errors import EngineError, PromptError
 from vos.prompts import PROMPT_KINDS, Box, ObjectPrompt
 from vos.seem.config import SeemConfig
 from vos.seem.decoder import PromptTokens
-from vos.seem.download import cached_path, download_checkpoint, get_checkpoint_info
+from vos.seem.download import find_checkpoint
 from vos.seem.model import ImageFeatures, SeemModel, build_seem, load_seem, upsample_logits
 from vos.seem.preprocess import pad_to_multiple
 
-PROPAGATION_MODES = ("reference", "click", "both")
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # A user mask fed back as memory needs logits, not 0/1: sigmoid(0) = 0.5 would leave the background attendable.
 MASK_LOGIT = 8.0
@@ -98,31 +99,22 @@ class _Outcome:
 
 
 class SeemEngine(Engine):
-    """Zero-shot tracking with SEEM v1: referring-image anchor + click + memory prompts (see the module docstring).
-
-    Options: ``weights`` (checkpoint path, ``seem-focalt``/``seem-focall`` downloaded on first use, a `SeemConfig`
-    for random weights, or a ready `SeemModel`), ``variant`` (``focalt``, ``focall`` or an official YAML config for a
-    checkpoint file), ``device``, ``precision`` (fp32, bf16, fp16 on CUDA), ``resolution`` (input short side),
-    ``propagation`` (``reference``, ``click``, ``both``), ``absent_threshold`` and ``seed``.
-    """
+    """Zero-shot tracking with SEEM v1: referring-image anchor + click + memory prompts (see the module docstring
+    and :class:`SeemOptions`)."""
 
     name = "seem"
     supported_prompts = PROMPT_KINDS
+    Options = SeemOptions
+    options: SeemOptions
 
-    def __init__(self, weights: WeightsOption = "seem-focalt", variant: str | Path | SeemConfig | None = None,
-                 device: str | None = None, precision: str | None = None, resolution: int = 512,
-                 propagation: str = "both", absent_threshold: float = 0.5, seed: int = 0) -> None:
-        if propagation not in PROPAGATION_MODES:
-            raise EngineError(f"propagation must be one of {', '.join(PROPAGATION_MODES)}, got {propagation!r}")
-        if not isinstance(resolution, int) or resolution < 32:
-            raise EngineError(f"resolution must be an integer of at least 32 pixels, got {resolution!r}")
-        if not 0.0 <= absent_threshold <= 1.0:
-            raise EngineError(f"absent_threshold must lie in [0, 1], got {absent_threshold}")
-        self.model = load_engine_model(weights, variant, device, precision)
-        self.resolution = resolution
-        self.propagation = propagation
-        self.absent_threshold = absent_threshold
-        self.seed = seed
+    def __init__(self, options: SeemOptions | None = None, **values: Any) -> None:
+        super().__init__(options, **values)
+        opts = self.options
+        self.model = load_engine_model(opts.weights, opts.variant, opts.device, opts.precision)
+        self.resolution = opts.resolution
+        self.propagation = opts.propagation
+        self.absent_threshold = opts.absent_threshold
+        self.seed = opts.seed
         self._tracks: dict[int, TrackState] = {}
 
     @property
@@ -371,7 +363,7 @@ def load_engine_model(weights: WeightsOption, variant: str | Path | SeemConfig |
     """The model for the engine options, in eval mode on ``device`` in ``precision``.
 
     A ready model keeps its device and dtype unless they are given. A `SeemConfig` builds random weights (tests and
-    benchmarks). A registry name is downloaded into the weights cache on first use.
+    benchmarks). A registry name is downloaded into the Hugging Face cache on first use (`vos.seem.download`).
     """
     dtype = _dtype(precision, device) if precision is not None else None
     target = _device(device) if device is not None else None
@@ -383,21 +375,7 @@ def load_engine_model(weights: WeightsOption, variant: str | Path | SeemConfig |
             model = build_seem(weights)
         return model.to(dtype=dtype or torch.float32)
     config = _model_config(variant, weights)
-    return load_seem(_checkpoint_file(weights), config, device=target, dtype=dtype or torch.float32, vocabulary=False)
-
-
-def _checkpoint_file(weights: str | Path) -> Path:
-    """An existing checkpoint file, or a registry checkpoint from the cache, downloaded when missing."""
-    path = Path(weights).expanduser()
-    if path.is_file():
-        return path
-    try:
-        info = get_checkpoint_info(str(weights))
-    except DownloadError:
-        raise CheckpointError(f"weights {weights!r}: no such file, and not a known checkpoint name "
-                              f"(seem-focalt, seem-focall)") from None
-    cached = cached_path(info.name)
-    return cached if cached.is_file() else download_checkpoint(info.name)
+    return load_seem(weights, config, device=target, dtype=dtype or torch.float32, vocabulary=False)
 
 
 def _model_config(variant: str | Path | SeemConfig | None, weights: str | Path) -> SeemConfig:
@@ -406,10 +384,8 @@ def _model_config(variant: str | Path | SeemConfig | None, weights: str | Path) 
     if isinstance(variant, SeemConfig):
         return variant
     if variant is None:
-        try:
-            return SeemConfig.from_variant(get_checkpoint_info(str(weights)).variant)
-        except DownloadError:
-            return SeemConfig.focal_t()
+        info = find_checkpoint(str(weights))
+        return SeemConfig.from_variant(info.variant) if info else SeemConfig.focal_t()
     if Path(variant).suffix.lower() in (".yaml", ".yml"):
         return SeemConfig.from_official_yaml(variant)
     return SeemConfig.from_variant(str(variant))
