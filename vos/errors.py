@@ -33,5 +33,9 @@ class DownloadError(VosError):
     """Model weights could not be downloaded (no network, bad checksum, server error)."""
 
 
+class WeightsNotAllowedError(CheckpointError):
+    """A weights path lies outside the configured weights folder, where service workers may not read."""
+
+
 class DatasetError(VosError):
     """An evaluation dataset has a malformed or incomplete layout."""

@@ -1,321 +1,297 @@
-"""Registry and resumable download of the official SEEM v1 checkpoints (spec §10).
+"""The official SEEM v1 checkpoints: a registry of names, variants and hub revisions, and where each file comes from.
 
-The official weights are the Hugging Face files ``xdecoder/SEEM``: ``seem_focalt_v1.pt`` and ``seem_focall_v1.pt``.
-Their exact byte sizes and SHA-256 digests could not be observed when this was written (no network), so the
-registry holds ``None`` for them. The download then checks the size announced by the server (HTTP Content-Length /
-Content-Range) and, for the digest, uses the ``X-Linked-Etag`` header that Hugging Face sends with the redirect of an
-LFS file when it is a 64-hex SHA-256 (otherwise no digest check). Fill the fields in once known and both checks
-use the registry values.
+The files live on the Hugging Face hub (``xdecoder/SEEM``, spec §10) and are fetched with ``huggingface_hub``, so
+they share the hub's cache with every other user of it (the official SEEM demo included) and honour ``HF_ENDPOINT``
+(mirrors), ``HF_TOKEN``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``. huggingface_hub reads these variables when it is
+imported; this module reads them back through ``huggingface_hub.constants`` so that both always agree.
 
-Only the standard library is used (``urllib``): no extra dependency for a one-off download.
+A registry name resolves to, in this order (the first two without any network access):
+
+1. ``<weights folder>/<file name>``, a file a deployment pre-loaded. The weights folder is ``$VOS_WEIGHTS_DIR``, else
+   ``$SEEM_VOS_HOME/weights``, else ``$XDG_CACHE_HOME/seem-vos/weights`` (``~/.cache/seem-vos/weights``);
+2. the file in the Hugging Face cache at the registry revision;
+3. a download with ``hf_hub_download`` (progress bar, locking, atomic move into the cache), whose bytes are then
+   checked against the SHA-256 the hub records for the file (its ``X-Linked-Etag``).
+
+Service workers accept only registry names and files inside the weights folder:
+``resolve_weights(spec, allow_paths_outside=False)``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import re
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from vos.errors import CheckpointError, DownloadError
+import httpx2
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.file_download import HfFileMetadata
+from huggingface_hub.utils import silent_tqdm
 
-HF_BASE_URL = "https://huggingface.co/xdecoder/SEEM/resolve/main/"
+from vos.errors import CheckpointError, DownloadError, WeightsNotAllowedError
+
+SEEM_REPO = "xdecoder/SEEM"
+# No commit id of xdecoder/SEEM could be looked up when this was written (no network, and none is quoted in public
+# code), so the registry follows the branch. Put the 40-hex commit here once known: downloads then become
+# reproducible, and a cached file is found with no network access even before `refs/main` exists in the cache.
+SEEM_REVISION = "main"
+ENV_WEIGHTS_DIR = "VOS_WEIGHTS_DIR"
 ENV_HOME = "SEEM_VOS_HOME"
-DEFAULT_TIMEOUT_S = 30.0  # per socket operation (connect / each read), not for the whole transfer
 _CHUNK = 1 << 20
-_USER_AGENT = "seem-vos-weights/1.0"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """One downloadable checkpoint. ``size``/``sha256`` are ``None`` when unknown (see module docstring)."""
+    """One checkpoint of the registry: a file of a hub repository at a pinned revision."""
 
     name: str
     variant: str  # backbone variant the model builder expects: "focalt" or "focall"
     filename: str
-    url: str
-    size: int | None
-    sha256: str | None
     description: str
+    repo_id: str = SEEM_REPO
+    revision: str = SEEM_REVISION
+    size: int | None = None  # bytes, when known before downloading (the official sizes could not be observed)
 
 
 CHECKPOINTS: dict[str, CheckpointInfo] = {
     "seem-focalt": CheckpointInfo(
-        name="seem-focalt",
-        variant="focalt",
-        filename="seem_focalt_v1.pt",
-        url=HF_BASE_URL + "seem_focalt_v1.pt",
-        size=None,  # expected ≈ 0.66 GB if stored in fp32 (spec §10), unverified
-        sha256=None,
-        description="SEEM v1, Focal-T backbone (164.6 M parameters)",
+        name="seem-focalt", variant="focalt", filename="seem_focalt_v1.pt",
+        description="SEEM v1, Focal-T backbone (164.6 M parameters, about 0.66 GB)",
     ),
     "seem-focall": CheckpointInfo(
-        name="seem-focall",
-        variant="focall",
-        filename="seem_focall_v1.pt",
-        url=HF_BASE_URL + "seem_focall_v1.pt",
-        size=None,  # expected ≈ 1.37 GB if stored in fp32 (spec §10), unverified
-        sha256=None,
-        description="SEEM v1, Focal-L backbone (341.2 M parameters)",
+        name="seem-focall", variant="focall", filename="seem_focall_v1.pt",
+        description="SEEM v1, Focal-L backbone (341.2 M parameters, about 1.4 GB)",
     ),
 }
 
 
-def default_cache_dir() -> Path:
-    """Where downloaded weights live: ``$SEEM_VOS_HOME/weights``, else ``$XDG_CACHE_HOME/seem-vos/weights``, else
-    ``~/.cache/seem-vos/weights``."""
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of re-hashing a local checkpoint against the digest the hub records for it."""
+
+    name: str
+    path: Path
+    sha256: str
+    expected: str
+    source: str  # where ``expected`` came from
+
+    @property
+    def ok(self) -> bool:
+        return self.sha256 == self.expected
+
+
+# ------------------------------------------------------------------------------------------------ registry, places
+def weights_dir() -> Path:
+    """The folder of pre-loaded checkpoint files: ``$VOS_WEIGHTS_DIR``, else ``$SEEM_VOS_HOME/weights``, else
+    ``$XDG_CACHE_HOME/seem-vos/weights`` (``~/.cache/seem-vos/weights``)."""
+    configured = os.environ.get(ENV_WEIGHTS_DIR)
+    if configured:
+        return Path(configured).expanduser()
     home = os.environ.get(ENV_HOME)
     if home:
         return Path(home).expanduser() / "weights"
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "seem-vos" / "weights"
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "seem-vos" / "weights"
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face cache huggingface_hub uses (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``)."""
+    return Path(constants.HF_HUB_CACHE)
+
+
+def find_checkpoint(name: str) -> CheckpointInfo | None:
+    """The registry entry named ``name`` (``seem-focalt``) or with that file name (``seem_focalt_v1.pt``)."""
+    key = name.strip().lower()
+    return next((info for info in CHECKPOINTS.values() if key in (info.name, info.filename)), None)
 
 
 def get_checkpoint_info(name: str) -> CheckpointInfo:
-    """Registry entry by name (``seem-focalt``) or by file name (``seem_focalt_v1.pt``)."""
-    key = name.strip().lower()
-    for info in CHECKPOINTS.values():
-        if key in (info.name, info.filename):
-            return info
-    raise DownloadError(f"unknown checkpoint name {name!r}; known names: {', '.join(CHECKPOINTS)}")
+    """Like :func:`find_checkpoint`, but an unknown name is a :class:`CheckpointError`."""
+    info = find_checkpoint(name)
+    if info is None:
+        raise CheckpointError(f"unknown checkpoint name {name!r}; known names: {', '.join(CHECKPOINTS)}")
+    return info
 
 
-def cached_path(name: str, cache_dir: str | Path | None = None) -> Path:
-    """The path a named checkpoint has (or would have) in the cache."""
-    return Path(cache_dir or default_cache_dir()) / get_checkpoint_info(name).filename
+def preloaded_path(info: CheckpointInfo) -> Path:
+    """Where a deployment puts the checkpoint so that it is used without the hub."""
+    return weights_dir() / info.filename
 
 
-def resolve_weights(
-    path_or_name: str | Path, cache_dir: str | Path | None = None, *, download: bool = False, progress: bool = True
-) -> Path:
-    """A local checkpoint file for ``path_or_name``: an existing path, or a registry name in the cache.
+def cached_path(info: CheckpointInfo) -> Path | None:
+    """The checkpoint in the Hugging Face cache at the registry revision, or None (no network access)."""
+    found = try_to_load_from_cache(info.repo_id, info.filename, revision=info.revision)
+    return Path(found) if isinstance(found, str) else None
 
-    A registry name that is not cached is downloaded when ``download`` is True; otherwise this raises
-    :class:`CheckpointError` telling the user to run ``vos weights download NAME``.
+
+def local_checkpoint(info: CheckpointInfo) -> Path | None:
+    """The pre-loaded file, else the cached one, else None."""
+    preloaded = preloaded_path(info)
+    return preloaded if preloaded.is_file() else cached_path(info)
+
+
+# -------------------------------------------------------------------------------------------------- resolution
+def resolve_weights(spec: str | Path, *, allow_paths_outside: bool = True, download: bool = True,
+                    progress: bool = True) -> Path:
+    """The checkpoint file for ``spec``: a registry name (see the module docstring) or a file path.
+
+    With ``allow_paths_outside=False`` (service workers) a path must name a file inside :func:`weights_dir`
+    (relative paths are taken from there); anything else raises :class:`WeightsNotAllowedError` before the file
+    system is touched, so a client cannot probe the worker's files. ``download=False`` turns a registry checkpoint
+    that is not local into a :class:`CheckpointError` instead of a download.
     """
-    path = Path(path_or_name).expanduser()
-    if path.is_file():
-        return path
-    try:
-        info = get_checkpoint_info(str(path_or_name))
-    except DownloadError:
-        raise CheckpointError(
-            f"checkpoint file not found: {path_or_name} (not a file, and not one of the names {', '.join(CHECKPOINTS)})"
-        ) from None
-    local = cached_path(info.name, cache_dir)
-    if local.is_file():
+    info = find_checkpoint(str(spec))
+    if allow_paths_outside:
+        path = Path(spec).expanduser()
+        if info is None or path.is_file():  # an existing file wins over a registry file name
+            return _existing_file(path, str(spec))
+    elif info is None:
+        return _existing_file(check_weights_location(spec), str(spec))
+    return checkpoint_file(info, download=download, progress=progress)
+
+
+def check_weights_location(spec: str | Path) -> Path:
+    """``spec`` as a path inside the weights folder, or :class:`WeightsNotAllowedError`; purely lexical (symlinks a
+    deployment put in the folder are fine, ``..`` and outside absolute paths are not)."""
+    root = Path(os.path.abspath(weights_dir()))
+    path = Path(os.path.normpath(root / spec))  # an absolute spec replaces the root
+    if not path.is_relative_to(root):
+        raise WeightsNotAllowedError(
+            f"weights {str(spec)!r} are not allowed: give a checkpoint name ({', '.join(CHECKPOINTS)}) or a file in "
+            f"the weights folder {root} ({ENV_WEIGHTS_DIR} / {ENV_HOME})")
+    return path
+
+
+def _existing_file(path: Path, spec: str) -> Path:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {spec} (not a file, and not one of the names "
+                              f"{', '.join(CHECKPOINTS)})")
+    return path
+
+
+def checkpoint_file(info: CheckpointInfo, *, download: bool = True, progress: bool = True) -> Path:
+    """The local file of a registry checkpoint, downloaded from the hub when it is not local and ``download``."""
+    local = local_checkpoint(info)
+    if local is not None:
         return local
-    if download:
-        return download_checkpoint(info.name, local.parent, progress=progress)
-    raise CheckpointError(
-        f"weights {info.name!r} are not downloaded (looked for {local}); run `vos weights download {info.name}` "
-        f"or download {info.url} manually and pass its path"
-    )
+    if not download:
+        raise CheckpointError(
+            f"weights {info.name!r} are not downloaded (looked in {weights_dir()} and in the Hugging Face cache "
+            f"{hub_cache_dir()}); run `vos weights download {info.name}` or put {info.filename} in {weights_dir()}")
+    return download_checkpoint(info.name, progress=progress)
 
 
-def download_checkpoint(
-    name: str,
-    dest_dir: str | Path | None = None,
-    *,
-    progress: bool = True,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    url: str | None = None,
-) -> Path:
-    """Download a registry checkpoint into ``dest_dir`` (default: :func:`default_cache_dir`) and return its path.
+# ------------------------------------------------------------------------------------------------------- the hub
+def download_checkpoint(name: str, *, force: bool = False, progress: bool = True) -> Path:
+    """Download a registry checkpoint into the Hugging Face cache (a cached copy is returned as it is, unless
+    ``force``) and check its bytes against the SHA-256 the hub records. Returns the cached file."""
+    info = get_checkpoint_info(name)
+    cached = None if force else cached_path(info)
+    if cached is not None:
+        return cached
+    metadata = hub_metadata(info)
+    try:
+        path = Path(hf_hub_download(info.repo_id, info.filename, revision=info.revision, force_download=force,
+                                    tqdm_class=None if progress else silent_tqdm))
+    except (OSError, httpx2.HTTPError) as exc:  # the hub's errors are OSErrors; a dropped transfer is httpx2's
+        raise DownloadError(f"download of {info.filename} from {constants.ENDPOINT} failed: {exc}") from exc
+    expected = _sha256_of_etag(metadata.etag)
+    if expected is not None:  # None: not an LFS file, the hub records no SHA-256 for it
+        actual = sha256_file(path)
+        if actual != expected:
+            _evict(path)
+            raise DownloadError(
+                f"{info.filename} from {constants.ENDPOINT} is corrupt: SHA-256 {actual}, the hub records {expected}. "
+                f"It was removed from the cache; run the command again")
+    return path
 
-    Resumes a previous partial download, verifies size (and SHA-256 when known) and renames atomically; an existing
-    complete file is returned without network access. ``url`` overrides the registry URL (mirrors, tests).
+
+def hub_metadata(info: CheckpointInfo, revision: str | None = None) -> HfFileMetadata:
+    """The hub's record of the checkpoint (digest, size, commit) from one HEAD request.
+
+    It is asked without retries on purpose: with no network, hf_hub_download retries with back-off for about 23 s
+    before it gives up, while one request tells at once, and the record is needed anyway to check the bytes.
+    """
+    revision = revision or info.revision
+    where = f"{info.filename} ({info.repo_id} at revision {revision})"
+    if constants.is_offline_mode():
+        raise DownloadError(
+            f"cannot download {where}: HF_HUB_OFFLINE is set and the file is neither in the Hugging Face cache "
+            f"{hub_cache_dir()} nor in {weights_dir()}. Unset HF_HUB_OFFLINE to fetch it from {constants.ENDPOINT} "
+            f"(HF_ENDPOINT), or copy the file into {weights_dir()}")
+    try:
+        return get_hf_file_metadata(hf_hub_url(info.repo_id, info.filename, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
+        raise DownloadError(f"the hub at {constants.ENDPOINT} has no {where}; if HF_ENDPOINT names a mirror, check "
+                            f"that it mirrors {info.repo_id} ({_first_line(exc)})") from exc
+    except HfHubHTTPError as exc:
+        raise DownloadError(f"the hub at {constants.ENDPOINT} refused {where}: {_first_line(exc)} "
+                            f"(a token goes in HF_TOKEN)") from exc
+    except (OfflineModeIsEnabled, httpx2.TransportError) as exc:
+        raise DownloadError(
+            f"cannot download {where}: connection to {constants.ENDPOINT} failed ({exc or type(exc).__name__}). "
+            f"No network access? Set HF_ENDPOINT to a reachable hub mirror, or copy the file into {weights_dir()} "
+            f"or the Hugging Face cache {hub_cache_dir()} and set HF_HUB_OFFLINE=1 to stop asking the hub") from exc
+
+
+def verify_checkpoint(name: str) -> Verification:
+    """Re-hash the local checkpoint (pre-loaded or cached) against the SHA-256 the hub records for it.
+
+    The digest is asked of the hub for the commit the cached file belongs to. When the hub cannot be reached, a
+    cached file is checked against the digest the cache recorded when it was downloaded (the name of its blob).
     """
     info = get_checkpoint_info(name)
-    dest = Path(dest_dir or default_cache_dir()) / info.filename
-    return download_url(url or info.url, dest, size=info.size, sha256=info.sha256, progress=progress, timeout=timeout)
-
-
-def download_url(
-    url: str,
-    dest: str | Path,
-    *,
-    size: int | None = None,
-    sha256: str | None = None,
-    progress: bool = True,
-    timeout: float = DEFAULT_TIMEOUT_S,
-) -> Path:
-    """Resumable download of ``url`` to ``dest`` through ``dest + '.part'`` (HTTP Range), then verify and rename."""
-    dest = Path(dest)
-    if dest.is_file() and _existing_file_ok(dest, size, sha256):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    total, announced_sha256 = _fetch_into(url, part, size, progress, timeout)
-    _verify(part, total, sha256 or announced_sha256)
-    os.replace(part, dest)  # atomic on one filesystem: readers never see a half-written checkpoint
-    return dest
-
-
-def _existing_file_ok(dest: Path, size: int | None, sha256: str | None) -> bool:
-    # With nothing known about the file we trust it (it was renamed into place only after a verified download).
-    if size is not None and dest.stat().st_size != size:
-        return False
-    return sha256 is None or _sha256(dest) == sha256.lower()
-
-
-def _fetch_into(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> tuple[int, str | None]:
-    """Append the missing bytes of ``url`` to ``part``; returns ``(expected total size, server SHA-256 or None)``.
-    Retries once from scratch if the server rejects the resume offset."""
-    for attempt in range(2):
-        offset = part.stat().st_size if part.exists() else 0
-        if size is not None and offset == size:
-            return size, None  # a previous run got every byte but stopped before verifying
-        if size is not None and offset > size:
-            part.unlink()
-            offset = 0
-        try:
-            return _request_and_write(url, part, offset, size, progress, timeout)
-        except _RangeNotSatisfiable as exc:
-            if exc.total is not None and exc.total == offset:
-                return offset, None  # the partial file is already complete
-            part.unlink(missing_ok=True)  # stale or foreign partial file: start over
-            if attempt == 1:
-                raise DownloadError(f"server rejected the download range for {url}") from None
-    raise AssertionError("unreachable")
-
-
-class _RangeNotSatisfiable(Exception):
-    def __init__(self, total: int | None) -> None:
-        super().__init__(total)
-        self.total = total
-
-
-class _RedirectRecorder(urllib.request.HTTPRedirectHandler):
-    """Follows redirects like the default handler and remembers a SHA-256 announced on the way."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linked_sha256: str | None = None
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        etag = (headers.get("X-Linked-Etag") or "").strip().strip('"').removeprefix("W/").strip('"').lower()
-        if _SHA256_RE.fullmatch(etag):
-            self.linked_sha256 = etag
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def _request_and_write(
-    url: str, part: Path, offset: int, size: int | None, progress: bool, timeout: float
-) -> tuple[int, str | None]:
-    """One HTTP request; returns ``(expected total size, SHA-256 announced by a redirect or None)``."""
-    headers = {"User-Agent": _USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    recorder = _RedirectRecorder()
-    opener = urllib.request.build_opener(recorder)
+    path = local_checkpoint(info)
+    if path is None:
+        raise CheckpointError(f"weights {info.name!r} are not downloaded, nothing to verify "
+                              f"(run `vos weights download {info.name}`)")
+    commit = path.parent.name if _COMMIT.fullmatch(path.parent.name) else None  # cache layout: snapshots/<commit>/
+    recorded_by_cache = _sha256_of_etag(path.resolve().name)  # cache layout: blobs/<the hub's ETag>
     try:
-        with opener.open(request, timeout=timeout) as response:
-            status = response.status
-            if offset and status != 206:
-                offset = 0  # the server ignored Range and sends the whole file: rewrite the partial file
-            total = _total_size(response, offset, size, url)
-            mode = "ab" if offset else "wb"
-            with open(part, mode) as fh:
-                _copy(response, fh, offset, total, progress, part.name)
-            return total, recorder.linked_sha256
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416:
-            raise _RangeNotSatisfiable(_content_range_total(exc.headers.get("Content-Range"))) from None
-        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-        raise _network_error(url, exc, part) from None
+        metadata = hub_metadata(info, commit)
+    except DownloadError:
+        if recorded_by_cache is None:
+            raise
+        return Verification(info.name, path, sha256_file(path), recorded_by_cache,
+                            "the digest the Hugging Face cache recorded at download (the hub is not reachable)")
+    expected = _sha256_of_etag(metadata.etag)
+    if expected is None:
+        raise DownloadError(f"the hub records no SHA-256 for {info.filename} (ETag {metadata.etag!r})")
+    return Verification(info.name, path, sha256_file(path), expected,
+                        f"{constants.ENDPOINT} ({info.repo_id} at {commit or info.revision})")
 
 
-def _network_error(url: str, exc: BaseException, part: Path) -> DownloadError:
-    reason = getattr(exc, "reason", None) or exc or type(exc).__name__
-    host = urllib.parse.urlparse(url).hostname or url
-    kept = f"; the partial file {part} is kept and the next attempt resumes it" if part.exists() else ""
-    return DownloadError(
-        f"cannot download {url}: connection to {host} failed ({reason}). No network access? "
-        f"Download the file on a connected machine and pass its path, or copy it to "
-        f"{part.with_name(part.name.removesuffix('.part'))}{kept}"
-    )
-
-
-def _content_range_total(value: str | None) -> int | None:
-    """Total from ``Content-Range: bytes a-b/TOTAL`` or ``bytes */TOTAL``."""
-    match = re.search(r"/(\d+)\s*$", value or "")
-    return int(match.group(1)) if match else None
-
-
-def _total_size(response: object, offset: int, size: int | None, url: str) -> int:
-    headers = response.headers  # type: ignore[attr-defined]
-    if offset:
-        announced = _content_range_total(headers.get("Content-Range"))
-    else:
-        length = headers.get("Content-Length")
-        announced = int(length) if length is not None else None
-    if size is not None and announced is not None and announced != size:
-        raise DownloadError(f"{url}: server announces {announced} bytes, the registry expects {size}")
-    total = size if size is not None else announced
-    if total is None:
-        raise DownloadError(f"{url}: the server did not announce the file size and none is registered")
-    return total
-
-
-def _copy(src: BinaryIO, dst: BinaryIO, done: int, total: int, progress: bool, label: str) -> None:
-    report = _progress_printer(label, total) if progress else None
-    while True:
-        chunk = src.read(_CHUNK)
-        if not chunk:
-            break
-        dst.write(chunk)
-        done += len(chunk)
-        if report:
-            report(done)
-    if report:
-        sys.stderr.write("\n")
-
-
-def _progress_printer(label: str, total: int) -> Callable[[int], None]:
-    last = [-1]
-
-    def report(done: int) -> None:
-        percent = int(100 * done / total) if total else 100
-        if percent != last[0]:
-            last[0] = percent
-            sys.stderr.write(f"\r{label}: {done / 1e6:.1f}/{total / 1e6:.1f} MB ({percent}%)")
-            sys.stderr.flush()
-
-    return report
-
-
-def _verify(part: Path, total: int, sha256: str | None) -> None:
-    actual = part.stat().st_size
-    if actual != total:
-        # Keep the file: a short read (dropped connection) is resumable; a too-long one is not.
-        if actual > total:
-            part.unlink()
-        raise DownloadError(f"download incomplete: {part} has {actual} of {total} bytes; run the command again")
-    if sha256 is not None:
-        digest = _sha256(part)
-        if digest != sha256.lower():
-            part.unlink()  # corrupt: resuming it would never succeed
-            raise DownloadError(f"SHA-256 mismatch for {part.name}: got {digest}, expected {sha256}; file deleted")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_of_etag(etag: str | None) -> str | None:
+    """An LFS file's ETag is the SHA-256 of its bytes; other ETags (git blob ids) are not."""
+    value = (etag or "").lower()
+    return value if _SHA256.fullmatch(value) else None
+
+
+def _evict(path: Path) -> None:
+    """Remove a bad download from the cache: the snapshot link and the blob it points to."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -522,11 +522,12 @@ def load_seem(path_or_name: str | Path, variant: str | SeemConfig = "focalt", *,
               vocabulary: bool = True) -> SeemModel:
     """Build the model and load a checkpoint strictly (`vos.seem.checkpoint.load_state_dict_strict`).
 
-    ``path_or_name``: a checkpoint file, or a registry name already downloaded (``seem-focalt``,
-    ``seem-focall``; see `vos.seem.download`). ``variant``: ``"focalt"``, ``"focall"`` or a `SeemConfig`
-    (e.g. ``SeemConfig.from_official_yaml(...)``). ``vocabulary``: compute the 134 COCO class embeddings needed
-    by the class head (minutes on a CPU for full-size weights, then cached beside the downloaded weights); without
-    it call `compute_vocabulary` or `set_class_embeddings` before using class logits. Returns the model in eval mode.
+    ``path_or_name``: a checkpoint file, or a registry name (``seem-focalt``, ``seem-focall``; found locally or
+    downloaded from the Hugging Face hub, see `vos.seem.download`). ``variant``: ``"focalt"``, ``"focall"`` or a
+    `SeemConfig` (e.g. ``SeemConfig.from_official_yaml(...)``). ``vocabulary``: compute the 134 COCO class
+    embeddings needed by the class head (minutes on a CPU for full-size weights, then cached beside the weights
+    folder); without it call `compute_vocabulary` or `set_class_embeddings` before using class logits. Returns
+    the model in eval mode.
     """
     from vos.seem.checkpoint import compare_state_dicts, load_state_dict_strict, read_state_dict
     from vos.seem.download import resolve_weights
@@ -546,7 +547,7 @@ def load_seem(path_or_name: str | Path, variant: str | SeemConfig = "focalt", *,
     load_state_dict_strict(model, state)
     model.eval()
     if vocabulary:
-        from vos.seem.download import default_cache_dir
+        from vos.seem.download import weights_dir
 
-        model.compute_vocabulary(cache_dir=default_cache_dir().parent / "text_embeddings")
+        model.compute_vocabulary(cache_dir=weights_dir().parent / "text_embeddings")
     return model.to(dtype=dtype)
