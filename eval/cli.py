@@ -3,10 +3,12 @@
 Registered through the ``seem_vos.commands`` entry-point group (``eval = "eval.cli:register"``)::
 
     vos eval davis --root DAVIS --year 2017 --engine classical --engine seem --weights W --out runs/
+    vos eval davis --root DAVIS --year 2016 --split train --prompt click --engine classical --out runs/
     vos eval davis --root DAVIS --year 2016 --predictions results/flow [--out reports/]
     vos eval youtube-vos --root YTVOS --year 2019 --engine seem --weights W --out runs/
 
-Engine runs write ``<out>/<engine>/<sequence>/<frame>.png`` (DAVIS) or ``<out>/<engine>/Annotations/...`` plus
+Engine runs write ``<out>/<engine>/<sequence>/<frame>.png`` (DAVIS; ``<out>/<engine>-<prompt>/`` with ``--prompt box``
+or ``click``, which also reports the mean IoU on the prompted frames) or ``<out>/<engine>/Annotations/...`` plus
 ``<out>/<engine>/submission.zip`` (YouTube-VOS) and reuse finished sequences when rerun with the same ``--out``.
 DAVIS reports go next to each method's results (see :mod:`eval.report`); comparing methods adds
 ``<out>/comparison.csv`` and ``<out>/comparison.png``.
@@ -22,7 +24,7 @@ from typing import Any
 
 from eval.datasets import VosDataset, open_dataset
 from eval.report import format_table, write_comparison, write_report
-from eval.runner import EngineRun, ResultsError, run_engine, score_predictions
+from eval.runner import PROMPT_PROTOCOLS, EngineRun, ResultsError, prompted_frame_iou, run_engine, score_predictions
 from eval.youtube_vos import submission_files, write_submission
 from vos.cli import add_engine_arguments, engine_options
 from vos.engine import available_engines, engine_options_class
@@ -92,6 +94,9 @@ def _register_davis(benchmarks: argparse._SubParsersAction) -> None:
     _add_engines(parser, source)
     parser.add_argument("--out", type=Path, help="output folder (required with --engine; with --predictions the "
                                                  "reports go into DIR unless --out is given)")
+    parser.add_argument("--prompt", choices=PROMPT_PROTOCOLS, default="mask",
+                        help="how engines are prompted on each object's first frame: its ground-truth mask, the tight "
+                             "box around it, or one click at its interior point (default mask)")
     parser.set_defaults(func=run_davis)
 
 
@@ -122,6 +127,8 @@ def run_davis(args: argparse.Namespace) -> int:
     dataset = open_dataset(f"davis{args.year}", args.root, split=args.split, resolution=args.davis_resolution,
                            sequences=args.sequences)
     if args.predictions:
+        if args.prompt != "mask":
+            raise UsageError("--prompt says how an engine is prompted; it does not apply to scoring --predictions")
         methods = _prediction_methods(args.predictions, args.out)
     else:
         methods = _engine_methods(dataset, args.engines or [DEFAULT_ENGINE], args)
@@ -138,6 +145,9 @@ def run_davis(args: argparse.Namespace) -> int:
     for method in methods:
         if method.run is not None:
             print(_speed_line(method.run))
+        if method.run is not None and args.prompt != "mask":
+            iou = prompted_frame_iou(dataset, method.predictions_dir)
+            print(f"{method.name}: mean IoU on the prompted frames ({args.prompt} prompts): {iou:.3f}")
         print(f"{method.name}: global.csv, per-sequence.csv and plots in {method.report_dir}")
     if len(methods) > 1:
         _write(lambda: write_comparison(summaries, args.out, title), args.out)  # several methods imply --out
@@ -167,7 +177,8 @@ def _engine_methods(dataset: VosDataset, engines: Sequence[str], args: argparse.
         raise UsageError("--out is required when running an engine: its predictions and reports are written there")
     methods = []
     for engine, options in _options_per_engine(engines, engine_options(args)).items():
-        run = run_engine(dataset, engine, args.out / engine, options)
+        folder = args.out / (engine if args.prompt == "mask" else f"{engine}-{args.prompt}")
+        run = run_engine(dataset, engine, folder, options, protocol=args.prompt)
         methods.append(_Method(engine, run.results_dir, run.results_dir, run))
     return methods
 

@@ -2,7 +2,8 @@
 
 Results layout (the official one): ``<results>/<sequence>/<frame>.png``, one indexed-colour PNG per output frame,
 holding object ids (DAVIS palette). :func:`run_engine` writes it through :func:`vos.tracker.track`, the generator the
-CLI and the service use, prompting every object with its ground-truth mask on its first annotated frame.
+CLI and the service use, prompting every object on its first annotated frame with its ground-truth mask, the tight
+box around it, or one click at its interior point (the pixel farthest from its border), as ``protocol`` says.
 
 A sequence folder is *finished* when its marker file ``.complete.json`` exists, names the same engine, options, frames
 and objects, and every PNG it lists exists. The marker is written last, so an interrupted run leaves no marker and the
@@ -20,15 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
-from eval.datasets import Davis2016, VosDataset, VosSequence
-from eval.metrics import SequenceMetrics, Summary, evaluate_sequence, summarize
+from eval.datasets import Davis2016, FirstAppearance, VosDataset, VosSequence
+from eval.metrics import SequenceMetrics, Summary, evaluate_sequence, region_similarity, summarize
 from vos.engine import Engine, create_engine
 from vos.errors import VosError
 from vos.masks import read_label_png, write_palette_png
-from vos.prompts import ObjectPrompt
+from vos.prompts import Box, ObjectPrompt, Point
 from vos.tracker import track
 from vos.video import FOLDER_FPS, VideoInfo, VideoSource
 
@@ -38,15 +40,20 @@ __all__ = [
     "SequenceRun",
     "EngineRun",
     "SequenceVideo",
+    "PROMPT_PROTOCOLS",
+    "interior_point",
     "sequence_prompts",
     "run_engine",
     "predict_sequence",
     "read_predictions",
     "score_sequence",
     "score_predictions",
+    "prompted_frame_iou",
 ]
 
 MARKER_FILE = ".complete.json"
+# How each object is prompted on its first annotated frame: ground-truth mask, tight box, or one interior click.
+PROMPT_PROTOCOLS = ("mask", "box", "click")
 
 
 class ResultsError(VosError):
@@ -107,20 +114,41 @@ class SequenceVideo(VideoSource):
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.sequence.images()
 
-
-def sequence_prompts(sequence: VosSequence) -> list[ObjectPrompt]:
-    """One mask prompt per object, on the frame where its ground truth first appears."""
-    return [
-        ObjectPrompt(object_id=first.object_id, frame_index=first.frame_index, mask=first.mask)
-        for first in sequence.first_appearances()
-    ]
+    def frame(self, index: int) -> np.ndarray:
+        self._check_index(index)
+        return self.sequence.image(index)
 
 
-def _fingerprint(sequence: VosSequence, engine: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """What a finished sequence must match to be reused: same engine and options, same frames and objects."""
+def sequence_prompts(sequence: VosSequence, protocol: str = "mask") -> list[ObjectPrompt]:
+    """One prompt per object, on the frame where its ground truth first appears (see ``PROMPT_PROTOCOLS``)."""
+    return [_prompt(first, protocol) for first in sequence.first_appearances()]
+
+
+def _prompt(first: FirstAppearance, protocol: str) -> ObjectPrompt:
+    if protocol == "mask":
+        return ObjectPrompt(object_id=first.object_id, frame_index=first.frame_index, mask=first.mask)
+    if protocol == "box":
+        ys, xs = np.nonzero(first.mask)
+        box = Box(x0=float(xs.min()), y0=float(ys.min()), x1=float(xs.max()), y1=float(ys.max()))
+        return ObjectPrompt(object_id=first.object_id, frame_index=first.frame_index, box=box)
+    assert protocol == "click", protocol
+    return ObjectPrompt(object_id=first.object_id, frame_index=first.frame_index, points=[interior_point(first.mask)])
+
+
+def interior_point(mask: np.ndarray) -> Point:
+    """A positive click on the pixel of ``mask`` (bool, non-empty) farthest from its border: the least ambiguous
+    click a user could give."""
+    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+    return Point(x=float(x), y=float(y))
+
+
+def _fingerprint(sequence: VosSequence, engine: str, options: Mapping[str, Any], protocol: str) -> dict[str, Any]:
+    """What a finished sequence must match to be reused: same engine, options and prompts, same frames and objects."""
     return {
         "engine": engine,
         "options": {k: str(v) for k, v in sorted(options.items())},
+        "prompt": protocol,
         "frames": len(sequence),
         "outputs": [sequence.frame_names[i] for i in sequence.output_indices],
         "objects": {str(obj): sequence.frame_names[t] for obj, t in sequence.first_frame_indices().items()},
@@ -150,8 +178,11 @@ def _write_marker(seq_dir: Path, run: SequenceRun, fingerprint: Mapping[str, Any
     os.replace(tmp, seq_dir / MARKER_FILE)  # atomic: a marker is either absent or complete
 
 
-def predict_sequence(sequence: VosSequence, engine: Engine, seq_dir: Path, progress: bool = False) -> SequenceRun:
-    """Track ``sequence`` with ``engine`` and write a palette PNG for each of its output frames into ``seq_dir``."""
+def predict_sequence(
+    sequence: VosSequence, engine: Engine, seq_dir: Path, progress: bool = False, protocol: str = "mask"
+) -> SequenceRun:
+    """Track ``sequence`` with ``engine`` from ``protocol``'s prompts and write a palette PNG for each of its output
+    frames into ``seq_dir``."""
     seq_dir.mkdir(parents=True, exist_ok=True)
     outputs = set(sequence.output_indices)
     begin = time.perf_counter()
@@ -159,7 +190,7 @@ def predict_sequence(sequence: VosSequence, engine: Engine, seq_dir: Path, progr
     with SequenceVideo(sequence) as video, tqdm(
         total=len(sequence), unit="frame", desc=sequence.name, leave=False, disable=not progress
     ) as bar:
-        for result in track(video, engine, sequence_prompts(sequence)):
+        for result in track(video, engine, sequence_prompts(sequence, protocol)):
             engine_seconds += result.seconds
             if result.index in outputs:
                 write_palette_png(seq_dir / f"{sequence.frame_names[result.index]}.png", result.label_map())
@@ -173,12 +204,16 @@ def run_engine(
     results_dir: str | os.PathLike[str],
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    protocol: str = "mask",
 ) -> EngineRun:
-    """Write ``engine``'s predictions for every sequence of ``dataset`` under ``results_dir/<sequence>/``.
+    """Write ``engine``'s predictions for every sequence of ``dataset`` under ``results_dir/<sequence>/``, each object
+    prompted as ``protocol`` (one of ``PROMPT_PROTOCOLS``) says.
 
     Finished sequences (see the module doc) are reused; the engine is only created if some sequence needs it, so a
     complete rerun loads no weights.
     """
+    if protocol not in PROMPT_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROMPT_PROTOCOLS)}, got {protocol!r}")
     results_dir = Path(results_dir)
     options = dict(options or {})
     instance: Engine | None = None
@@ -186,12 +221,12 @@ def run_engine(
     with tqdm(total=len(dataset), unit="seq", desc=engine, disable=not progress) as bar:
         for sequence in dataset:
             seq_dir = results_dir / sequence.name
-            fingerprint = _fingerprint(sequence, engine, options)
+            fingerprint = _fingerprint(sequence, engine, options, protocol)
             run = _finished_run(sequence, seq_dir, fingerprint)
             if run is None:
                 (seq_dir / MARKER_FILE).unlink(missing_ok=True)  # never leave a stale marker over new PNGs
                 instance = instance or create_engine(engine, **options)
-                run = predict_sequence(sequence, instance, seq_dir, progress)
+                run = predict_sequence(sequence, instance, seq_dir, progress, protocol)
                 _write_marker(seq_dir, run, fingerprint)
             runs.append(run)
             bar.set_postfix_str(_speed_text(runs), refresh=False)
@@ -269,6 +304,24 @@ def score_predictions(
     for sequence in tqdm(dataset, total=len(dataset), unit="seq", desc=description, disable=not progress):
         results.extend(score_sequence(sequence, predictions_dir / sequence.name, binary))
     return summarize(results)
+
+
+def prompted_frame_iou(dataset: VosDataset, predictions_dir: str | os.PathLike[str]) -> float:
+    """Mean IoU of each object's prediction on the frame it is prompted on (its first annotated frame), which the
+    semi-supervised J&F leaves out: how well a box or click prompt was turned into a mask."""
+    predictions_dir = Path(predictions_dir)
+    _check_sequence_folders(dataset, predictions_dir)
+    binary = isinstance(dataset, Davis2016)
+    ious = []
+    for sequence in dataset:
+        for first in sequence.first_appearances():
+            path = predictions_dir / sequence.name / f"{first.frame_name}.png"
+            if not path.is_file():
+                raise ResultsError(f"prediction {path} is missing: the prompted frame of object {first.object_id}")
+            labels = _read_prediction(path, sequence.size)
+            predicted = labels > 0 if binary else labels == first.object_id
+            ious.append(float(region_similarity(first.mask, predicted)))
+    return float(np.mean(ious))
 
 
 def _check_sequence_folders(dataset: VosDataset, predictions_dir: Path) -> None:
