@@ -21,6 +21,7 @@ import http.server
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class FakeHub:
     cut_next_transfer_after: int | None = None  # close the connection after this many body bytes, once
     corrupt: bool = False  # flip a byte of what the CDN sends
     truncate_to: int | None = None  # the CDN serves only this many bytes, as a complete response
+    cdn_delay_s: float = 0.0  # the CDN waits this long before it answers
     url: str = ""
     cdn_url: str = ""
     servers: list[http.server.ThreadingHTTPServer] = field(default_factory=list)
@@ -128,6 +130,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         filename, data = blobs[self.path.removeprefix("/blobs/")]
+        time.sleep(hub.cdn_delay_s)
         if hub.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         data = data[:hub.truncate_to]
@@ -238,6 +241,24 @@ def test_no_network_is_a_clear_error_naming_the_settings(hf_cache: Path, monkeyp
 def test_a_file_missing_on_the_hub_or_mirror_is_named(hub: FakeHub) -> None:
     with pytest.raises(DownloadError, match=r"has no seem_absent_v1.pt \(tests/seem-test at revision main\)"):
         download_checkpoint(ABSENT.name, progress=False)
+
+
+def test_workers_starting_together_download_once(hub: FakeHub) -> None:
+    hub.cdn_delay_s = 0.5  # the first transfer is still running when the second worker asks
+    start = threading.Barrier(2)
+    paths: list[Path] = []
+
+    def worker() -> None:
+        start.wait()
+        paths.append(download_checkpoint(TEST.name, progress=False))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].read_bytes() == PAYLOAD
+    assert len(hub.requests_to("cdn")) == 1  # huggingface_hub's lock: the second waited and took the cached file
 
 
 # ---- damaged transfers ---------------------------------------------------------------------------------------------
@@ -409,6 +430,19 @@ def test_cli_verify_offline_uses_the_digest_the_cache_recorded(hub: FakeHub, mon
     assert result.ok and "recorded at download" in result.source
     cached_path(TEST).resolve().write_bytes(PAYLOAD[:-1] + b"!")
     assert not verify_checkpoint(TEST.name).ok
+
+
+def test_verify_a_preloaded_file_needs_the_hub(hub: FakeHub, monkeypatch) -> None:
+    preloaded = weights_dir() / TEST.filename
+    preloaded.parent.mkdir(parents=True)
+    preloaded.write_bytes(PAYLOAD)
+    result = verify_checkpoint(TEST.name)
+    assert result.ok and result.path == preloaded and result.source == f"{hub.url} (tests/seem-test at main)"
+    preloaded.write_bytes(PAYLOAD + b"extra")
+    assert not verify_checkpoint(TEST.name).ok
+    _offline(monkeypatch)  # no blob name to fall back on: the file was never in the cache
+    with pytest.raises(DownloadError, match=f"cannot verify {preloaded}: HF_HUB_OFFLINE is set"):
+        verify_checkpoint(TEST.name)
 
 
 def test_cli_verify_needs_a_local_file_and_a_known_name(hf_cache: Path, capsys) -> None:

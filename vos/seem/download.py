@@ -200,7 +200,11 @@ def download_checkpoint(name: str, *, force: bool = False, progress: bool = True
     cached = None if force else cached_path(info)
     if cached is not None:
         return cached
-    metadata = hub_metadata(info)
+    try:
+        metadata = hub_metadata(info)
+    except DownloadError as exc:
+        raise DownloadError(f"cannot download {info.filename}: {exc}. To work without the hub, put the file into "
+                            f"{weights_dir()} ({ENV_WEIGHTS_DIR} / {ENV_HOME})") from exc
     try:
         path = Path(hf_hub_download(info.repo_id, info.filename, revision=info.revision, force_download=force,
                                     tqdm_class=None if progress else silent_tqdm))
@@ -226,10 +230,8 @@ def hub_metadata(info: CheckpointInfo, revision: str | None = None) -> HfFileMet
     revision = revision or info.revision
     where = f"{info.filename} ({info.repo_id} at revision {revision})"
     if constants.is_offline_mode():
-        raise DownloadError(
-            f"cannot download {where}: HF_HUB_OFFLINE is set and the file is neither in the Hugging Face cache "
-            f"{hub_cache_dir()} nor in {weights_dir()}. Unset HF_HUB_OFFLINE to fetch it from {constants.ENDPOINT} "
-            f"(HF_ENDPOINT), or copy the file into {weights_dir()}")
+        raise DownloadError(f"HF_HUB_OFFLINE is set, so the hub ({constants.ENDPOINT}, HF_ENDPOINT) is not asked "
+                            f"for {where}; unset it to go online")
     try:
         return get_hf_file_metadata(hf_hub_url(info.repo_id, info.filename, revision=revision))
     except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
@@ -240,9 +242,8 @@ def hub_metadata(info: CheckpointInfo, revision: str | None = None) -> HfFileMet
                             f"(a token goes in HF_TOKEN)") from exc
     except (OfflineModeIsEnabled, httpx2.TransportError) as exc:
         raise DownloadError(
-            f"cannot download {where}: connection to {constants.ENDPOINT} failed ({exc or type(exc).__name__}). "
-            f"No network access? Set HF_ENDPOINT to a reachable hub mirror, or copy the file into {weights_dir()} "
-            f"or the Hugging Face cache {hub_cache_dir()} and set HF_HUB_OFFLINE=1 to stop asking the hub") from exc
+            f"connection to {constants.ENDPOINT} failed for {where} ({exc or type(exc).__name__}). No network "
+            f"access? Set HF_ENDPOINT to a reachable hub mirror, or HF_HUB_OFFLINE=1 to use local files only") from exc
 
 
 def verify_checkpoint(name: str) -> Verification:
@@ -260,9 +261,9 @@ def verify_checkpoint(name: str) -> Verification:
     recorded_by_cache = _sha256_of_etag(path.resolve().name)  # cache layout: blobs/<the hub's ETag>
     try:
         metadata = hub_metadata(info, commit)
-    except DownloadError:
+    except DownloadError as exc:
         if recorded_by_cache is None:
-            raise
+            raise DownloadError(f"cannot verify {path}: {exc}") from exc
         return Verification(info.name, path, sha256_file(path), recorded_by_cache,
                             "the digest the Hugging Face cache recorded at download (the hub is not reachable)")
     expected = _sha256_of_etag(metadata.etag)
