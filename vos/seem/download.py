@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
+import httpx2  # huggingface_hub 2.x speaks HTTP through httpx2, and its transport errors reach the caller
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     HfHubHTTPError,
