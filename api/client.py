@@ -10,21 +10,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import httpx
 import numpy as np
 
-from api.cli import free_port, stop_process
+from api.cli import child_process, free_port, stop_process
 from vos.cli import add_engine_arguments, add_prompt_arguments, engine_options, prompts_from_args
 from vos.errors import VosError
 from vos.masks import encode_rle
 from vos.prompts import ObjectPrompt
 
-RESULTS = ("masks.zip", "masks.json", "overlay.mp4")
+RESULTS = ("masks.zip", "masks.jsonl", "overlay.mp4")
 
 
 class ServiceError(VosError):
@@ -108,11 +109,12 @@ def _png_base64(bgr: np.ndarray) -> str:
 @contextmanager
 def local_service(timeout: float = 120.0) -> Iterator[str]:
     """Run ``vos serve`` (API, one worker, embedded Redis, temporary storage) for the duration of the block."""
-    with tempfile.TemporaryDirectory(prefix="vos-local-") as storage:
+    with tempfile.TemporaryDirectory(prefix="vos-local-") as folder:
         port = free_port()
-        command = [sys.executable, "-m", "vos.cli", "serve", "--port", str(port), "--storage", storage]
+        command = [sys.executable, "-m", "vos.cli", "serve", "--port", str(port), "--storage", f"{folder}/storage",
+                   "--redis-dir", f"{folder}/redis"]
         env = {k: v for k, v in os.environ.items() if k not in ("VOS_REDIS_URL", "REDIS_URL")}  # embedded Redis
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = child_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_until_ready(url, process, timeout)

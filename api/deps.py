@@ -1,27 +1,27 @@
-"""What request handlers share: the service context created at startup, and the API-key check."""
+"""What request handlers share: the service context created at startup, and the API-key dependency."""
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from celery import Celery
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from prometheus_client import CollectorRegistry, Histogram
 
-from workers.jobs import JobStore, Storage
-from workers.settings import ServiceSettings
+from api.limits import API_KEY_HEADER
+from workers.core.maintenance import SendJob
+from workers.core.settings import ServiceSettings
+from workers.core.storage import Storage
+from workers.core.store import AsyncJobStore, JobStore
 
 
 @dataclass
 class ServiceContext:
     settings: ServiceSettings
     store: JobStore  # synchronous Redis, used from the thread pool
-    aredis: aioredis.Redis  # asynchronous Redis, for long blocking stream reads
+    astore: AsyncJobStore  # asynchronous Redis, for status polls and blocking stream reads
     storage: Storage
-    celery: Celery
+    send_job: SendJob
     registry: CollectorRegistry
     latency: Histogram
 
@@ -30,10 +30,9 @@ def get_context(request: Request) -> ServiceContext:
     return request.app.state.context
 
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the server sets VOS_API_KEY")
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                               description="required when the server sets VOS_API_KEY")
 
 
-def require_api_key(key: str | None = Security(_api_key_header), context: ServiceContext = Depends(get_context)) -> None:
-    expected = context.settings.api_key
-    if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
-        raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header")
+def require_api_key(key: str | None = Security(_api_key_header)) -> None:
+    """Documents the key in the OpenAPI schema; :class:`api.limits.GuardMiddleware` checks it before the body."""

@@ -7,7 +7,7 @@ same totals whichever worker did the work.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Histogram
@@ -15,9 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.jobs import JobState, JobStore
-
-QUEUES = ("cpu", "gpu")
+from workers.core.settings import QUEUES
+from workers.core.store import JobStore
 
 
 class JobsCollector(Collector):
@@ -31,20 +30,21 @@ class JobsCollector(Collector):
             return  # Redis down: /readyz reports it; the latency metrics are still worth serving
 
     def _collect(self) -> Iterator[Metric]:
-        keys, client = self.store.keys, self.store.redis
-        jobs = GaugeMetricFamily("vos_jobs", "Jobs by state (finished ones until retention deletes them)", labels=["state"])
-        for state in JobState:
-            jobs.add_metric([state.value], client.scard(keys.state_set(state)))
+        jobs = GaugeMetricFamily("vos_jobs", "Jobs by state (finished ones until retention deletes them)",
+                                 labels=["state"])
+        for state, count in self.store.state_counts().items():
+            jobs.add_metric([state.value], count)
         yield jobs
         frames = CounterMetricFamily("vos_frames_processed", "Frames tracked and published by all workers")
-        frames.add_metric([], int(client.get(keys.frames_counter) or 0))
+        frames.add_metric([], self.store.frames_processed())
         yield frames
         depth = GaugeMetricFamily("vos_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"])
         for queue in QUEUES:
-            depth.add_metric([queue], client.llen(keys.queue(queue)))
+            depth.add_metric([queue], self.store.queue_depth(queue))
         yield depth
-        workers = GaugeMetricFamily("vos_workers_alive", "Workers that sent a heartbeat in the last 15 s")
-        workers.add_metric([], self.store.live_workers())
+        workers = GaugeMetricFamily("vos_workers_alive", "Workers with a recent heartbeat, per queue", labels=["queue"])
+        for queue, count in self.store.live_workers().items():
+            workers.add_metric([queue], count)
         yield workers
 
 
@@ -66,7 +66,8 @@ class LatencyMiddleware:
                 route = scope.get("route")
                 # The route template, not the path: job ids would make one time series per job.
                 path = getattr(route, "path", "unmatched")
-                self.histogram.labels(scope["method"], path, str(message["status"])).observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                self.histogram.labels(scope["method"], path, str(message["status"])).observe(elapsed)
             await send(message)
 
         await self.app(scope, receive, timed_send)

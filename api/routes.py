@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import enum
-import json
-import time
-from typing import Annotated, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.formparsers import MultiPartException
 
 from api.deps import ServiceContext, get_context, require_api_key
 from api.schemas import JobCreated, JobStatus, Problem
 from api.streaming import EndEvent, FrameEvent, job_events
-from api.uploads import JobRequest, UploadedFile, create_job
-from workers.jobs import ACTIVE_STATES, RESULT_FILES, JobState
+from api.uploads import JobRequest, UploadedFile, UploadError, create_job
+from workers.core.models import JOB_ID_PATTERN, RESULT_FILES, Job, JobState
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)],
                    responses={401: {"model": Problem, "description": "missing or wrong API key"}})
@@ -25,54 +26,93 @@ router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)],
 NDJSON = "application/x-ndjson"
 UPLOAD_OVERHEAD = 16 << 20  # multipart headers and mask files on top of the video itself
 STREAM_GRACE_S = 60
+MAX_FORM_PARTS = 64
 Context = Annotated[ServiceContext, Depends(get_context)]
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the id returned when the job was created")]
+ResultName = enum.Enum("ResultName", {name.replace(".", "_"): name for name in RESULT_FILES}, type=str)
 
-
-class ResultName(str, enum.Enum):
-    masks_zip = "masks.zip"
-    masks_json = "masks.json"
-    overlay_mp4 = "overlay.mp4"
+_SUBMIT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["video", "prompts"],
+    "properties": {
+        "video": {"type": "string", "format": "binary", "description": "the video (mp4, mov, mkv, webm, avi, m4v)"},
+        "prompts": {"type": "string", "description": 'JSON list of object prompts, e.g. [{"object_id": 1, "points": '
+                    '[{"x": 10, "y": 20}]}]; masks as {"rle": ...}, {"png_base64": ...} or {"file": "<part name>"}'},
+        "engine": {"type": "string", "default": "classical", "description": "tracking engine"},
+        "options": {"type": "string", "default": "{}", "description": "JSON object of engine options"},
+        "overlay": {"type": "boolean", "default": True, "description": "also render an overlay MP4"},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "mask/reference images that prompts refer to by name (any other part name works too)"},
+    }}}}}}
 
 
 @router.post(
-    "/jobs", status_code=202, response_model=JobCreated,
-    responses={413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    "/jobs", status_code=202, response_model=JobCreated, openapi_extra=_SUBMIT_FORM,
+    responses={408: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
+               503: {"model": Problem}},
 )
-async def submit_job(
-    request: Request,
-    context: Context,
-    video: Annotated[UploadFile, File(description="the video (mp4, mov, mkv, webm, avi, m4v)")],
-    prompts: Annotated[str, Form(description='JSON list of object prompts, e.g. [{"object_id": 1, "points": [{"x": 10, "y": 20}]}]; '
-                                             'masks as {"rle": ...}, {"png_base64": ...} or {"file": "<part name>"}')],
-    engine: Annotated[str, Form(description="tracking engine")] = "classical",
-    options: Annotated[str, Form(description="JSON object of engine options")] = "{}",
-    overlay: Annotated[bool, Form(description="also render an overlay MP4")] = True,
-    files: Annotated[list[UploadFile], File(description="mask/reference images that prompts refer to by name")] = [],
-) -> JobCreated:
+async def submit_job(request: Request, context: Context) -> JobCreated:
     """Upload a video with prompts and queue a tracking job."""
-    form = await request.form()
+    form = await _form(request, context.settings.max_form_field_bytes)
+    try:
+        job_request = _job_request(form)
+        job = await anyio.to_thread.run_sync(create_job, job_request, context.settings, context.store,
+                                             context.storage, context.send_job)
+    finally:
+        await form.close()
+    return JobCreated(id=job.id, state=job.state, status_url=str(request.url_for("job_status", job_id=job.id)),
+                      stream_url=str(request.url_for("job_frames", job_id=job.id)))
+
+
+async def _form(request: Request, max_field_bytes: int) -> FormData:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UploadError(415, "send the job as multipart/form-data with a 'video' file part and a 'prompts' field")
+    try:
+        return await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=max_field_bytes)
+    except MultiPartException as error:
+        if "maximum size" in error.message:
+            raise UploadError(413, f"a form field ('prompts' or 'options') is larger than {max_field_bytes} bytes; "
+                                   "send large masks as file parts") from None
+        raise UploadError(400, f"the multipart body is malformed: {error.message}") from None
+
+
+def _job_request(form: FormData) -> JobRequest:
+    video = form.get("video")
+    if not isinstance(video, StarletteUploadFile):
+        raise UploadError(422, "video: a file part named 'video' is required")
     extra = [UploadedFile(field, part.filename, part.file) for field, part in form.multi_items()
              if isinstance(part, StarletteUploadFile) and field != "video"]
-    job_request = JobRequest(UploadedFile("video", video.filename, video.file), prompts, engine, options, overlay, extra)
-    created = await anyio.to_thread.run_sync(create_job, job_request, context.settings, context.store, context.storage,
-                                             context.celery.send_task)
-    job_url = request.url_for("job_status", job_id=created.job_id)
-    return JobCreated(id=created.job_id, state=JobState.QUEUED, status_url=str(job_url),
-                      stream_url=str(request.url_for("job_frames", job_id=created.job_id)))
+    return JobRequest(UploadedFile("video", video.filename, video.file), _text_field(form, "prompts"),
+                      _text_field(form, "engine", "classical"), _text_field(form, "options", "{}"),
+                      _flag(_text_field(form, "overlay", "true")), extra)
+
+
+def _text_field(form: FormData, name: str, default: str | None = None) -> str:
+    value = form.get(name, default)
+    if value is None:
+        raise UploadError(422, f"{name}: the form field {name!r} is required")
+    if not isinstance(value, str):
+        raise UploadError(422, f"{name}: must be a form field, not a file part")
+    return value
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise UploadError(422, f"overlay: must be true or false, got {value!r}")
+    return lowered in ("true", "1", "yes", "on")
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": Problem}})
-async def job_status(job_id: str, request: Request, context: Context) -> JobStatus:
+async def job_status(job_id: JobId, request: Request, context: Context) -> JobStatus:
     """The job's state, progress, timings and, once it succeeded, its download URLs."""
-    # Async Redis: the most polled endpoint should not queue for the thread pool.
-    raw = await context.aredis.hgetall(context.store.keys.job(job_id))
-    if not raw:
-        raise HTTPException(404, f"no job {job_id!r} (it may have expired)")
-    record = {k.decode(): v.decode() for k, v in raw.items()}
+    job = await context.astore.get(job_id)  # async: the most polled endpoint must not queue for the thread pool
+    if job is None:
+        raise _no_job(job_id)
     results = {}
-    if record["state"] == JobState.SUCCEEDED.value and record.get("files_deleted") != "1":
-        results = {name.value: str(request.url_for("job_result", job_id=job_id, name=name.value)) for name in ResultName}
-    return JobStatus.from_record(record, results)
+    if job.state is JobState.SUCCEEDED and not job.files_deleted:
+        results = {name: str(request.url_for("job_result", job_id=job_id, name=name)) for name in RESULT_FILES}
+    return JobStatus.from_job(job, results)
 
 
 @router.get(
@@ -82,21 +122,23 @@ async def job_status(job_id: str, request: Request, context: Context) -> JobStat
                404: {"model": Problem}, 410: {"model": Problem}},
 )
 async def job_frames(
-    job_id: str,
+    job_id: JobId,
     context: Context,
     accept: Annotated[str, Header()] = "text/event-stream",
     last_event_id: Annotated[str | None, Header(description="resume after this frame index")] = None,
-    after: Annotated[int | None, Query(ge=-1, description="resume after this frame index (like Last-Event-ID)")] = None,
+    after: Annotated[int | None, Query(ge=-1, le=1 << 31, description="resume after this frame index")] = None,
 ) -> StreamingResponse:
     """Stream every frame's masks as Server-Sent Events, or as NDJSON with `Accept: application/x-ndjson`.
 
-    Each frame is sent once, in order, including frames computed before the client connected; the stream ends
-    with the job (an `end` event / a final `{"end": ...}` line carrying the final state)."""
-    record = await anyio.to_thread.run_sync(_record, context, job_id)
-    if record.get("files_deleted") == "1":
+    Each frame is sent once, in order, including frames computed before the client connected; a later revision
+    of a frame (from engines that refine earlier frames) is sent again with the same index. The stream ends with
+    the job (an `end` event / a final `{"end": ...}` line carrying the final state and error)."""
+    job = await context.astore.get(job_id)
+    if job is None:
+        raise _no_job(job_id)
+    if job.files_deleted:
         raise HTTPException(410, f"job {job_id} was deleted; its frames are gone")
-    start_after = _resume_point(last_event_id, after)
-    events = job_events(context.aredis, context.store.keys, context.storage, job_id, start_after)
+    events = job_events(context.astore, context.storage, job_id, _resume_point(last_event_id, after))
     if NDJSON in accept:
         return StreamingResponse(_ndjson(events), media_type=NDJSON)
     return EventSourceResponse(_sse(events), ping=15)
@@ -104,13 +146,13 @@ async def job_frames(
 
 @router.get("/jobs/{job_id}/results/{name}", responses={404: {"model": Problem}, 409: {"model": Problem},
                                                         410: {"model": Problem}})
-def job_result(job_id: str, name: ResultName, context: Context) -> StreamingResponse:
-    """Download a result: `masks.zip` (DAVIS palette PNGs), `masks.json` (COCO RLE per frame), `overlay.mp4`."""
-    record = _record(context, job_id)
-    if record.get("files_deleted") == "1":
+def job_result(job_id: JobId, name: ResultName, context: Context) -> StreamingResponse:
+    """Download a result: `masks.zip` (DAVIS palette PNGs), `masks.jsonl` (COCO RLE per frame), `overlay.mp4`."""
+    job = _job(context, job_id)
+    if job.files_deleted:
         raise HTTPException(410, f"job {job_id} was deleted; its results are gone")
-    if record["state"] != JobState.SUCCEEDED.value:
-        raise HTTPException(409, f"job {job_id} is {record['state']}; results exist only once it succeeded")
+    if job.state is not JobState.SUCCEEDED:
+        raise HTTPException(409, f"job {job_id} is {job.state.value}; results exist only once it succeeded")
     path = context.storage.path(job_id, "results", name.value)
     if not context.storage.exists(path):
         raise HTTPException(404, f"job {job_id} has no {name.value} (the overlay is skipped when overlay=false)")
@@ -119,26 +161,25 @@ def job_result(job_id: str, name: ResultName, context: Context) -> StreamingResp
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": Problem}})
-def delete_job(job_id: str, context: Context) -> JobStatus:
-    """Cancel the job if it is queued or running (its worker stops within a frame) and delete its files.
+def delete_job(job_id: JobId, context: Context) -> JobStatus:
+    """Cancel the job if it is queued or running (its worker stops within a second) and delete its files.
 
     The job's record stays, as cancelled, until the retention period ends."""
-    _record(context, job_id)
-    context.store.transition(job_id, JobState.CANCELLED, ACTIVE_STATES, finished_at=time.time(),
-                             error="cancelled by the client")
-    with context.store.redis.pipeline() as pipe:
-        pipe.hset(context.store.keys.job(job_id), "files_deleted", "1")
-        pipe.expire(context.store.keys.stream(job_id), STREAM_GRACE_S)  # connected readers still see the end entry
-        pipe.execute()
+    if not context.store.cancel(job_id, STREAM_GRACE_S):
+        raise _no_job(job_id)
     context.storage.remove_job(job_id)
-    return JobStatus.from_record(_record(context, job_id), {})
+    return JobStatus.from_job(_job(context, job_id), {})
 
 
-def _record(context: ServiceContext, job_id: str) -> dict[str, str]:
-    record = context.store.get(job_id)
-    if record is None:
-        raise HTTPException(404, f"no job {job_id!r} (it may have expired)")
-    return record
+def _job(context: ServiceContext, job_id: str) -> Job:
+    job = context.store.get(job_id)
+    if job is None:
+        raise _no_job(job_id)
+    return job
+
+
+def _no_job(job_id: str) -> HTTPException:
+    return HTTPException(404, f"no job {job_id!r} (it may have expired)")
 
 
 def _resume_point(last_event_id: str | None, after: int | None) -> int:
@@ -165,4 +206,4 @@ async def _ndjson(events: AsyncIterator[FrameEvent | EndEvent]) -> AsyncIterator
         if isinstance(event, FrameEvent):
             yield event.data.encode() + b"\n"
         else:
-            yield json.dumps({"end": json.loads(event.json())}).encode() + b"\n"
+            yield b'{"end": ' + event.json().encode() + b"}\n"

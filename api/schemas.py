@@ -6,7 +6,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from workers.jobs import JobState
+from workers.core.models import Job, JobState
 
 
 class JobCreated(BaseModel):
@@ -40,6 +40,7 @@ class JobStatus(BaseModel):
     frames_total: int
     frames_per_second: float | None = None
     attempts: int = Field(description="worker runs of the job; more than 1 after a worker was lost")
+    retry_reason: str | None = Field(None, description="why the job is being (or was) run again, if it was")
     video: VideoMeta
     timings: Timings
     error: str | None = None
@@ -47,34 +48,19 @@ class JobStatus(BaseModel):
     results: dict[str, str] = Field(default_factory=dict, description="download URLs, once the job succeeded")
 
     @classmethod
-    def from_record(cls, record: dict[str, str], results: dict[str, str]) -> JobStatus:
-        started = _float(record.get("started_at"))
-        finished = _float(record.get("finished_at"))
-        created = float(record["created_at"])
-        done = int(record.get("frames_done", 0))
-        running_s = ((finished or time.time()) - started) if started else None
+    def from_job(cls, job: Job, results: dict[str, str]) -> JobStatus:
+        running_s = ((job.finished_at or time.time()) - job.started_at) if job.started_at else None
         return cls(
-            id=record["id"],
-            state=JobState(record["state"]),
-            engine=record["engine"],
-            frames_done=done,
-            frames_total=int(record["num_frames"]),
-            frames_per_second=round(done / running_s, 3) if running_s else None,
-            attempts=int(record.get("attempts", 0)),
-            video=VideoMeta(width=int(record["width"]), height=int(record["height"]), fps=float(record["fps"]),
-                            num_frames=int(record["num_frames"])),
-            timings=Timings(created_at=created, started_at=started, finished_at=finished,
-                            queued_s=(started - created) if started else None, running_s=running_s,
-                            compute_s=float(record.get("compute_s", 0.0))),
-            error=record.get("error") or None,
-            files_deleted=record.get("files_deleted") == "1",
-            results=results,
+            id=job.id, state=job.state, engine=job.engine, frames_done=job.frames_done, frames_total=job.num_frames,
+            frames_per_second=round(job.frames_done / running_s, 3) if running_s else None,
+            attempts=job.attempts, retry_reason=job.retry_reason,
+            video=VideoMeta(width=job.width, height=job.height, fps=job.fps, num_frames=job.num_frames),
+            timings=Timings(created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                            queued_s=(job.started_at - job.created_at) if job.started_at else None,
+                            running_s=running_s, compute_s=job.compute_s),
+            error=job.error, files_deleted=job.files_deleted, results=results,
         )
 
 
 class Problem(BaseModel):
     detail: str
-
-
-def _float(value: str | None) -> float | None:
-    return float(value) if value else None

@@ -1,21 +1,37 @@
-"""Turn an upload into a queued job: check every input, store it, then queue it; nothing remains if any step fails."""
+"""Turn an upload into a queued job: check every input, store it, then queue it; nothing remains if any step fails.
+
+Checks run cheapest first, so a bad request costs little: JSON shape and depth, engine and options, prompt kinds
+against the engine (before any file is decoded), a worker for the job's queue, then the video, then mask sizes
+from their headers against the video, and only then the masks themselves.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
-import tempfile
+import os
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO
 
 from vos.engine import Engine, check_engine_options, engine_class
 from vos.errors import EngineError, PromptError, VideoError
+from vos.masks import MAX_MASK_PIXELS, image_size, rle_size
 from vos.prompts import ObjectPrompt, parse_prompts, validate_prompts
 from vos.video import VideoInfo, open_video
-from workers.jobs import INPUT_SPEC, JobStore, Storage, new_job_id, queue_for
-from workers.settings import ServiceSettings
+from workers.core.maintenance import SendJob
+from workers.core.models import Job, JobSpec, JobState, new_job_id
+from workers.core.settings import ServiceSettings
+from workers.core.storage import Storage, upload_scratch_dir
+from workers.core.store import JobStore
 
 CHUNK = 1 << 20
+MAX_JSON_DEPTH = 16  # prompts need 5 levels; deeper documents are refused before anything walks them
+PROMPT_KEYS = {"points": "points", "box": "box", "mask": "mask", "scribbles": "scribble", "text": "text",
+               "reference": "reference"}  # JSON key -> prompt kind (ObjectPrompt.kinds)
+SEEM_VARIANTS = ("focalt", "focall")
 
 
 class UploadError(Exception):
@@ -45,34 +61,53 @@ class JobRequest:
     extra_files: list[UploadedFile]
 
 
-@dataclass(frozen=True)
-class CreatedJob:
-    job_id: str
-    queue: str
-
-
 def create_job(request: JobRequest, settings: ServiceSettings, store: JobStore, storage: Storage,
-               send_task: Any) -> CreatedJob:
+               send_job: SendJob) -> Job:
     """Validate and store the upload, record the job and queue it. Blocking: run it in a worker thread."""
     engine_cls = _engine_class(request.engine)
     options = _options(request.options_json, engine_cls)
-    files = _read_extra_files(request.extra_files, settings.max_prompt_file_bytes)
-    prompts = _prompts(request.prompts_json, files, engine_cls)
+    raw_prompts = _raw_prompts(request.prompts_json)
+    _check_kinds(raw_prompts, engine_cls)
     extension = _container(request.video.filename, settings)
+    queue = queue_for(request.engine, options, settings)
+    _check_worker(store, queue, request.engine)
     job_id = new_job_id()
     try:
-        info = _store_video(request.video.file, storage, job_id, f"video.{extension}", settings)
+        video_name = f"video.{extension}"
+        info = _store_video(request.video.file, storage, job_id, video_name, settings)
+        _check_mask_headers(raw_prompts, info, request.extra_files, settings.max_prompt_file_bytes)
+        files = _read_extra_files(request.extra_files, settings.max_prompt_file_bytes)
+        prompts = _prompts(raw_prompts, files, engine_cls)
         validate_prompts(prompts, info.width, info.height, info.num_frames)
-        spec = _store_inputs(storage, job_id, f"video.{extension}", request, options, files)
-        queue = queue_for(request.engine, options, settings)
-        store.create(job_id, {"engine": request.engine, "queue": queue, "width": info.width, "height": info.height,
-                              "fps": info.fps, "num_frames": info.num_frames, "objects": len(spec["prompts"])})
-        send_task("workers.tasks.run_job", args=[job_id], queue=queue)
+        spec = JobSpec(video=video_name, prompts=raw_prompts, files=_store_files(storage, job_id, files),
+                       engine=request.engine, options=options, overlay=request.overlay)
+        storage.write_spec(job_id, spec)
+        job = Job(id=job_id, state=JobState.QUEUED, engine=request.engine, queue=queue, width=info.width,
+                  height=info.height, fps=info.fps, num_frames=info.num_frames, objects=len(prompts),
+                  created_at=time.time())
+        store.create(job)
+        send_job(job_id, queue)
     except BaseException:
         storage.remove_job(job_id)
         store.delete_records(job_id)
         raise
-    return CreatedJob(job_id, queue)
+    return job
+
+
+def queue_for(engine: str, options: Mapping[str, Any], settings: ServiceSettings) -> str:
+    """The Celery queue of a job: GPU engines go to ``gpu`` unless asked to run on the CPU."""
+    device = str(options.get("device") or "")
+    if device.startswith("cuda") or (engine in settings.gpu_engines and device != "cpu"):
+        return "gpu"
+    return "cpu"
+
+
+def _check_worker(store: JobStore, queue: str, engine: str) -> None:
+    if store.live_workers()[queue] > 0:
+        return
+    hint = ' or pass options {"device": "cpu"} to run it on a CPU worker' if queue == "gpu" else ""
+    raise UploadError(503, f"no worker serves the {queue!r} queue that {engine!r} jobs need, so the job would wait "
+                           f"for ever; start a {queue} worker{hint}, then submit again")
 
 
 def _engine_class(name: str) -> type[Engine]:
@@ -83,18 +118,76 @@ def _engine_class(name: str) -> type[Engine]:
 
 
 def _options(options_json: str, engine_cls: type[Engine]) -> dict[str, Any]:
-    options = _json(options_json, "options")
+    options = parse_json(options_json, "options")
     if not isinstance(options, dict):
         raise EngineError("options must be a JSON object, e.g. {\"resolution\": 512}")
-    check_engine_options(engine_cls.name, options)  # the engine itself (maybe loading weights) is built by a worker
-    return options
+    if engine_cls.name == "seem":
+        _check_seem_files(options)
+    # Names, types and ranges; the engine itself (maybe loading weights) is built by a worker.
+    return check_engine_options(engine_cls.name, options).model_dump(mode="json", exclude_unset=True)
 
 
-def _prompts(prompts_json: str, files: Mapping[str, bytes], engine_cls: type[Engine]) -> list[ObjectPrompt]:
-    raw = _json(prompts_json, "prompts")
+def _check_seem_files(options: Mapping[str, Any]) -> None:
+    """Only registry checkpoints or files inside the weights folder: a client must not name the worker's files."""
+    from vos.seem.download import find_checkpoint, weights_dir
+
+    weights, variant = options.get("weights"), options.get("variant")
+    if weights is not None:
+        root = Path(os.path.abspath(weights_dir()))
+        inside = isinstance(weights, str) and Path(os.path.normpath(root / weights)).is_relative_to(root)
+        if not isinstance(weights, str) or (find_checkpoint(weights) is None and not inside):
+            raise EngineError(f"option weights={weights!r} is not allowed: give a checkpoint name (seem-focalt, "
+                              "seem-focall) or the name of a file in the server's weights folder")
+    if variant is not None and variant not in SEEM_VARIANTS:
+        raise EngineError(f"option variant={variant!r} is not allowed: use one of {', '.join(SEEM_VARIANTS)}")
+
+
+def parse_json(text: str, field: str) -> Any:
+    """A form field's JSON; too deep a document is a user error, not a RecursionError."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PromptError(f"the {field!r} field is not valid JSON: {error}") from error
+    except RecursionError:
+        raise PromptError(f"the {field!r} field is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise PromptError(f"the {field!r} field is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        deepest = max(deepest, level)
+        if level > MAX_JSON_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _raw_prompts(prompts_json: str) -> list[dict[str, Any]]:
+    raw = parse_json(prompts_json, "prompts")
     if not isinstance(raw, list):
         raise PromptError("prompts must be a JSON list of objects, e.g. [{\"object_id\": 1, \"points\": [...]}]")
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise PromptError(f"prompt #{index} must be a JSON object, got {type(item).__name__}")
+    return raw
 
+
+def _check_kinds(raw: list[dict[str, Any]], engine_cls: type[Engine]) -> None:
+    """Refuse prompt kinds the engine cannot use before any mask or image is decoded."""
+    for index, item in enumerate(raw):
+        kinds = {kind for key, kind in PROMPT_KEYS.items() if item.get(key) not in (None, [], "")}
+        unsupported = kinds - engine_cls.supported_prompts
+        if unsupported:
+            raise PromptError(f"the {engine_cls.name!r} engine cannot use {', '.join(sorted(unsupported))} prompts "
+                              f"(prompt #{index}); {engine_cls.unsupported_hint}")
+
+
+def _prompts(raw: list[dict[str, Any]], files: Mapping[str, bytes], engine_cls: type[Engine]) -> list[ObjectPrompt]:
     def load(name: str) -> bytes:
         if name not in files:
             raise PromptError(f"prompt refers to file {name!r}, but no uploaded part has that name "
@@ -106,11 +199,57 @@ def _prompts(prompts_json: str, files: Mapping[str, bytes], engine_cls: type[Eng
     return prompts
 
 
-def _json(text: str, field: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise PromptError(f"the {field!r} field is not valid JSON: {error}") from error
+def _check_mask_headers(raw: list[dict[str, Any]], info: VideoInfo, parts: list[UploadedFile], limit: int) -> None:
+    """Mask sizes from RLE fields and image headers, against the video, before any mask is decoded."""
+    by_name = {}
+    for part in parts:
+        for name in (part.field, part.filename):
+            if name:
+                by_name[name] = part
+    for index, item in enumerate(raw):
+        for what, spec, must_match in _mask_specs(item):
+            size = _encoded_size(spec, by_name, limit, what)
+            if size is None:
+                continue
+            height, width = size
+            if must_match and (height, width) != (info.height, info.width):
+                raise PromptError(f"prompt #{index}: {what} is {width}x{height}, expected {info.width}x{info.height} "
+                                  "(the video's size)")
+
+
+def _mask_specs(item: Mapping[str, Any]) -> Iterator[tuple[str, Any, bool]]:
+    """(description, encoded mask or image, whether it must have the video's size) of one raw prompt."""
+    yield "mask", item.get("mask"), True
+    for number, scribble in enumerate(item.get("scribbles") or []):
+        if isinstance(scribble, Mapping):
+            yield f"scribble #{number} mask", scribble.get("mask"), True
+    reference = item.get("reference")
+    if isinstance(reference, Mapping):
+        yield "reference image", reference.get("image"), False
+        yield "reference mask", reference.get("mask"), False
+
+
+def _encoded_size(spec: Any, parts: Mapping[str, UploadedFile], limit: int, what: str) -> tuple[int, int] | None:
+    """(height, width) of an encoded mask or image, from its RLE size or image header; None if not given."""
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        return None  # parse_prompts names the problem
+    (kind, value), = spec.items()
+    if kind == "rle":
+        return rle_size(value)
+    if kind in ("png_base64", "jpeg_base64") and isinstance(value, str):
+        try:  # the text is bounded by the form field limit; only the image header is parsed below
+            data = base64.b64decode(value, validate=True)
+        except ValueError:
+            return None  # parse_prompts reports the invalid base64
+        width, height = image_size(data, what)
+        return height, width
+    if kind == "file" and isinstance(value, str) and value in parts:
+        part = parts[value]
+        head = part.file.read(min(limit, 1 << 16))
+        part.file.seek(0)
+        width, height = image_size(head, what)
+        return height, width
+    return None
 
 
 def _read_extra_files(parts: list[UploadedFile], limit: int) -> dict[str, bytes]:
@@ -136,15 +275,18 @@ def _container(filename: str | None, settings: ServiceSettings) -> str:
 
 
 def _store_video(source: BinaryIO, storage: Storage, job_id: str, name: str, settings: ServiceSettings) -> VideoInfo:
-    """Copy the upload to storage in chunks and probe it; decoders need a local file, so remote storage gets a
-    local temporary copy first."""
-    with tempfile.TemporaryDirectory(prefix="vos-upload-") as tmp:
+    """Copy the upload to storage in chunks and probe it. Local storage gets it directly (a job folder without a
+    record is removed by the reaper if this process dies); remote storage goes through a local scratch copy,
+    named after this process so the next API start removes it if this one dies."""
+    if storage.is_local:
+        target = Path(storage.path(job_id, "input", name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_limited(source, target, settings.max_upload_bytes)
+        return _probe(target, settings)
+    with upload_scratch_dir() as tmp:
         local = Path(tmp) / name
         _copy_limited(source, local, settings.max_upload_bytes)
-        try:
-            info = _probe(local, settings)
-        except VideoError as error:  # name the client's file, not our temporary path
-            raise VideoError(str(error).replace(str(local), "the uploaded video")) from error
+        info = _probe(local, settings)
         storage.put(str(local), storage.path(job_id, "input", name))
     return info
 
@@ -160,15 +302,29 @@ def _copy_limited(source: BinaryIO, target: Path, limit: int) -> None:
 
 
 def _probe(path: Path, settings: ServiceSettings) -> VideoInfo:
-    with open_video(path) as video:
-        info = video.info
-        _check_decodable(video)
+    try:
+        with open_video(path) as video:
+            info = video.info
+            _check_size(info, settings)
+            _check_decodable(video)
+    except VideoError as error:  # name the client's file, not our path
+        raise VideoError(str(error).replace(str(path), "the uploaded video").replace(path.name, "the uploaded video")
+                         ) from error
     if info.num_frames > settings.max_frames:
         raise UploadError(422, f"the video has {info.num_frames} frames; the limit is {settings.max_frames}")
     duration = info.num_frames / info.fps if info.fps > 0 else 0.0
     if duration > settings.max_duration_s:
         raise UploadError(422, f"the video lasts {duration:.1f} s; the limit is {settings.max_duration_s:g} s")
     return info
+
+
+def _check_size(info: VideoInfo, settings: ServiceSettings) -> None:
+    if min(info.width, info.height) < settings.min_video_side:
+        raise UploadError(422, f"the video is {info.width}x{info.height}; both sides must be at least "
+                               f"{settings.min_video_side} pixels")
+    if info.width * info.height > min(settings.max_video_pixels, MAX_MASK_PIXELS):
+        raise UploadError(422, f"the video is {info.width}x{info.height}; the limit is "
+                               f"{settings.max_video_pixels} pixels per frame (e.g. 3840x2160)")
 
 
 def _check_decodable(video: Any) -> None:
@@ -179,13 +335,9 @@ def _check_decodable(video: Any) -> None:
         raise VideoError(f"{video.path.name} contains no decodable frame") from error
 
 
-def _store_inputs(storage: Storage, job_id: str, video_name: str, request: JobRequest, options: dict[str, Any],
-                  files: Mapping[str, bytes]) -> dict[str, Any]:
+def _store_files(storage: Storage, job_id: str, files: Mapping[str, bytes]) -> dict[str, str]:
     names: dict[str, str] = {}
     for number, (name, data) in enumerate(files.items()):
         names[name] = f"files/{number}"
         storage.write_bytes(storage.path(job_id, "input", names[name]), data)
-    spec = {"video": video_name, "prompts": json.loads(request.prompts_json), "files": names,
-            "engine": request.engine, "options": options, "overlay": request.overlay}
-    storage.write_bytes(storage.path(job_id, "input", INPUT_SPEC), json.dumps(spec).encode())
-    return spec
+    return names

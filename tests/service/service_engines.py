@@ -12,7 +12,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from vos.engine import Engine, ObjectResult, engine_class, register_engine
+from pydantic import Field
+
+from vos.engine import Engine, EngineOptions, ObjectResult, engine_class, register_engine
 from vos.prompts import ObjectPrompt
 
 TEST_ENGINES = {"static": "service_engines:StaticEngine", "slow": "service_engines:SlowEngine"}
@@ -26,6 +28,9 @@ def register_test_engines() -> None:
 class StaticEngine(Engine):
     name = "static"
     supported_prompts = frozenset({"points", "box", "mask"})
+
+    class Options(EngineOptions):
+        delay: float = Field(0.0, ge=0, le=60, description="seconds to wait per frame")
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -46,6 +51,9 @@ class SlowEngine(Engine):
 
     name = "slow"
     supported_prompts = frozenset({"points", "box", "mask", "scribble"})
+
+    class Options(EngineOptions):
+        delay: float = Field(0.1, ge=0, le=60, description="seconds to wait per frame")
 
     def __init__(self, delay: float = 0.1) -> None:
         self.delay = delay

@@ -14,7 +14,7 @@ from PIL import Image
 
 from helpers import POINT_PROMPT
 from vos.masks import encode_rle
-from workers.jobs import Storage
+from workers.core.storage import Storage
 
 
 def png_bytes(width: int, height: int) -> bytes:

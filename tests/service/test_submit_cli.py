@@ -21,7 +21,7 @@ def test_submit_local_runs_the_sample_through_the_service(tmp_path: Path, davis1
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "frame 50/50" in finished.stderr
-    records = json.loads((out / "masks.json").read_text())["frames"]
+    records = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in records] == list(range(50))
     # The sample is DAVIS blackswan: the streamed masks follow the swan to the last frame's ground truth.
     truth = read_label_png(davis16_root / "Annotations" / "480p" / "blackswan" / "00049.png") > 0

@@ -1,0 +1,66 @@
+"""Periodic upkeep run by the workers: re-queue jobs of lost workers, remove orphan files, delete expired jobs.
+
+Every worker runs :func:`reap` every ``reaper_interval_s`` seconds (a Redis lock lets one of them do it per
+interval), so recovery does not wait for the broker's visibility timeout and needs no extra process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workers.core.models import JobState
+from workers.core.storage import Storage
+from workers.core.store import GAVE_UP, REQUEUED, JobStore
+
+log = logging.getLogger(__name__)
+
+LOST_WORKER = "its worker stopped renewing the job's lease: the worker was lost or could not reach Redis"
+SendJob = Callable[[str, str], None]  # (job id, queue): put the job's task on the queue
+
+
+@dataclass
+class ReapReport:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
+
+
+def reap(store: JobStore, storage: Storage, send_job: SendJob, now: float | None = None) -> ReapReport:
+    """Re-queue running jobs whose lease expired (their worker died), and remove job folders without a record."""
+    report = ReapReport()
+    for job_id in store.ids_in_state(JobState.RUNNING):
+        outcome = store.requeue_unleased(job_id, LOST_WORKER)
+        if outcome == REQUEUED:
+            job = store.get(job_id)
+            if job is not None:
+                send_job(job_id, job.queue)
+                report.requeued.append(job_id)
+                log.warning("job %s re-queued: %s", job_id, LOST_WORKER)
+        elif outcome == GAVE_UP:
+            report.failed.append(job_id)
+    report.orphans_removed = remove_orphans(store, storage, now)
+    return report
+
+
+def remove_orphans(store: JobStore, storage: Storage, now: float | None = None) -> list[str]:
+    """Job folders with no record (the API died mid-upload, or Redis lost the record) older than the grace period."""
+    cutoff = (time.time() if now is None else now) - store.settings.orphan_grace_s
+    removed = []
+    for job_id in storage.job_ids():
+        if not store.exists(job_id) and storage.modified(job_id) < cutoff:
+            storage.remove_job(job_id)
+            removed.append(job_id)
+    return removed
+
+
+def cleanup_expired(store: JobStore, storage: Storage, now: float | None = None) -> list[str]:
+    """Delete jobs that finished more than the retention period ago; returns their ids."""
+    now = time.time() if now is None else now
+    expired = store.finished_before(now - store.settings.retention_s)
+    for job_id in expired:
+        storage.remove_job(job_id)
+        store.delete_records(job_id)
+    return expired
