@@ -1,0 +1,150 @@
+"""The studio page end to end in headless Chromium: upload, click, track, correct, re-track, export.
+
+Screenshots of each state go to ``$ARTIFACTS/studio`` (or the test's temporary folder): look at them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from browser import chromium, click_video, missing_browser, wait_until
+from PIL import Image
+from studio_helpers import SAMPLE, SAMPLE_MASK, SWAN_POINT
+
+from vos.masks import decode_rle
+
+pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
+
+DAVIS_BLACKSWAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "davis16" / "Annotations" / "480p" \
+    / "blackswan"
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ["ARTIFACTS"]) / "studio" if os.environ.get("ARTIFACTS") else tmp_path / "screens"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def truth(frame: int) -> np.ndarray:
+    """The DAVIS ground truth of the sample (the shipped copy of frame 0 when ../shared is absent)."""
+    path = DAVIS_BLACKSWAN / f"{frame:05d}.png"
+    if not path.is_file():
+        assert frame == 0, "only frame 0's annotation ships with the sample"
+        path = SAMPLE_MASK
+    return np.array(Image.open(path)) > 0
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def mask(driver: Any, frame: int, object_id: int = 1) -> np.ndarray | None:
+    rle = driver.execute_script("return window.studio.maskOf(arguments[0], arguments[1]);", frame, object_id)
+    return decode_rle(rle) if rle else None
+
+
+def revision(driver: Any, frame: int) -> int:
+    return driver.execute_script("return window.studio.state.masks.get(arguments[0])?.revision ?? 0;", frame)
+
+
+def wait_tracked(driver: Any, timeout: float = 240.0) -> str:
+    from selenium.webdriver.common.by import By
+
+    running = "return window.studio.state.run !== null;"
+    wait_until(lambda: driver.execute_script(running), 30, "tracking to start", driver)
+    wait_until(lambda: not driver.execute_script(running), timeout, "tracking to end", driver)
+    return driver.find_element(By.ID, "track-text").text
+
+
+def go_to_frame(driver: Any, frame: int) -> None:
+    driver.execute_script("""const s = document.getElementById('scrubber'); s.value = arguments[0];
+                             s.dispatchEvent(new Event('input'));""", frame)
+    wait_until(lambda: driver.execute_script("return window.studio.state.frame;") == frame, 10, f"frame {frame}")
+
+
+def false_positive_point(predicted: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """The interior point of the largest region taken as the object wrongly (a background point if none)."""
+    wrong = (predicted & ~expected).astype(np.uint8)
+    if wrong.sum() < 50:
+        ys, xs = np.nonzero(~predicted & ~expected)
+        return float(xs[len(xs) // 2]), float(ys[len(ys) // 2])
+    distance = cv2.distanceTransform(wrong, cv2.DIST_L2, 5)
+    y, x = np.unravel_index(distance.argmax(), distance.shape)
+    return float(x), float(y)
+
+
+def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, artifacts: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium(downloads) as driver:
+        driver.get(server.url + "/")
+        assert "seem-vos studio" in driver.title
+        driver.save_screenshot(str(artifacts / "0-empty.png"))
+
+        driver.find_element(By.ID, "video-file").send_keys(str(SAMPLE))
+        wait_until(lambda: driver.execute_script("return window.studio.state.session?.id"), 60, "the upload", driver)
+        wait_until(lambda: driver.execute_script("return document.getElementById('frame').naturalWidth > 0;"),
+                   30, "the first frame")
+        reason = driver.find_element(By.ID, "text-reason").text
+        assert "cannot use text or reference" in reason
+        assert not driver.find_element(By.ID, "text-prompt").is_enabled()
+        driver.save_screenshot(str(artifacts / "1-opened.png"))
+
+        click_video(driver, *SWAN_POINT)
+        wait_until(lambda: revision(driver, 0) >= 1, 30, "the mask of the click", driver)
+        first = mask(driver, 0)
+        assert iou(first, truth(0)) > 0.6
+        latency = driver.execute_script("return window.studio.state.lastLatencyMs;")
+        assert latency > 0
+        driver.save_screenshot(str(artifacts / "2-clicked.png"))
+
+        driver.find_element(By.ID, "track").click()
+        wait_until(lambda: driver.execute_script("return (window.studio.state.run?.done ?? 0) >= 10;"), 120,
+                   "frames to stream in", driver)
+        driver.save_screenshot(str(artifacts / "3-tracking.png"))
+        assert "done" in wait_tracked(driver)
+        assert all(revision(driver, i) >= 1 for i in range(50))
+
+        go_to_frame(driver, 30)
+        before = mask(driver, 30)
+        old_revision = revision(driver, 30)
+        x, y = false_positive_point(before, truth(30) if DAVIS_BLACKSWAN.is_dir() else before)
+        click_video(driver, x, y, right=True)
+        wait_until(lambda: revision(driver, 30) > old_revision, 30, "the corrected mask", driver)
+        assert not mask(driver, 30)[int(y), int(x)]  # the negative click removed its pixel
+        retrack = driver.find_element(By.ID, "retrack")
+        assert retrack.is_displayed()
+        driver.save_screenshot(str(artifacts / "4-corrected.png"))
+        driver.execute_script("document.getElementById('direction').value = 'forward';")
+        retrack.click()
+        assert "done" in wait_tracked(driver)
+        assert all(revision(driver, i) >= 2 for i in range(31, 50))  # re-tracked after the correction
+        driver.save_screenshot(str(artifacts / "5-retracked.png"))
+
+        driver.find_element(By.CSS_SELECTOR, ".export[data-name='masks.zip']").click()
+        archive_path = wait_until(lambda: next(iter(downloads.glob("*masks.zip")), None), 120, "the zip download",
+                                  driver)
+        wait_until(lambda: not list(downloads.glob("*.crdownload")), 30, "the download to finish")
+        driver.save_screenshot(str(artifacts / "6-exported.png"))
+
+        driver.find_element(By.ID, "job-id").send_keys("nosuchjob0000000")
+        driver.find_element(By.CSS_SELECTOR, "#job-form button").click()
+        wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#errors .error"), 10, "the error message")
+        assert "404: no job" in driver.find_element(By.CSS_SELECTOR, "#errors .error").text
+        driver.save_screenshot(str(artifacts / "7-error.png"))
+
+    archive = zipfile.ZipFile(io.BytesIO(archive_path.read_bytes()))
+    names = sorted(archive.namelist())
+    assert len(names) == 50 and names[0].endswith(".png")
+    labels = np.array(Image.open(archive.open(names[0])))
+    assert iou(labels == 1, first) > 0.99 and iou(labels == 1, truth(0)) > 0.6
