@@ -60,6 +60,7 @@ class FakeHub:
 
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)
     requests: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # server, method, path, Range
+    authorizations: list[tuple[str, str, str | None]] = field(default_factory=list)  # server, path, Authorization
     cut_next_transfer_after: int | None = None  # close the connection after this many body bytes, once
     corrupt: bool = False  # flip a byte of what the CDN sends
     truncate_to: int | None = None  # the CDN serves only this many bytes, as a complete response
@@ -97,6 +98,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         hub: FakeHub = self.server.hub  # type: ignore[attr-defined]
         role: str = self.server.role  # type: ignore[attr-defined]
         hub.requests.append((role, self.command, self.path, self.headers.get("Range")))
+        hub.authorizations.append((role, self.path, self.headers.get("Authorization")))
         if role == "hub":
             self._resolve(hub)
         else:
@@ -241,6 +243,13 @@ def test_no_network_is_a_clear_error_naming_the_settings(hf_cache: Path, monkeyp
 def test_a_file_missing_on_the_hub_or_mirror_is_named(hub: FakeHub) -> None:
     with pytest.raises(DownloadError, match=r"has no seem_absent_v1.pt \(tests/seem-test at revision main\)"):
         download_checkpoint(ABSENT.name, progress=False)
+
+
+def test_hf_token_goes_to_the_hub_and_not_to_the_cdn(hub: FakeHub, monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    download_checkpoint(TEST.name, progress=False)
+    sent = {(server, auth) for server, path, auth in hub.authorizations if server == "cdn" or "/resolve/" in path}
+    assert sent == {("hub", "Bearer hf_test_token"), ("cdn", None)}
 
 
 def test_workers_starting_together_download_once(hub: FakeHub) -> None:
