@@ -23,7 +23,7 @@ import argparse
 import itertools
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -33,7 +33,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from vos.engine import create_engine  # noqa: E402 - after the path set-up above
+from vos.engine import VideoFrame, create_engine  # noqa: E402 - after the path set-up above
 from vos.engines.seem import SeemEngine  # noqa: E402
 from vos.prompts import ObjectPrompt  # noqa: E402
 from vos.seem.config import SeemConfig  # noqa: E402
@@ -76,14 +76,24 @@ def engine(model: SeemModel, args: argparse.Namespace, resolution: int) -> SeemE
     return built
 
 
+def start_sweep(model: SeemModel, frames: Iterator[np.ndarray], args: argparse.Namespace, resolution: int,
+                count: int) -> Callable[[], object]:
+    """A propagation sweep seeded with ``count`` objects on the first frame; returns its one-more-frame step."""
+    built = engine(model, args, resolution)
+    prompts = object_prompts(count)
+    states = {p.object_id: built.new_object(p.object_id) for p in prompts}
+    sweep = built.start_propagation()
+    sweep.step(VideoFrame(0, next(frames)), states, {p.object_id: p.mask for p in prompts})
+    return lambda: sweep.step(VideoFrame(1, next(frames)), states, {})
+
+
 def time_objects(model: SeemModel, frames: Iterator[np.ndarray], args: argparse.Namespace, count: int) -> float:
-    """Frames per second of ``step`` with ``count`` objects."""
-    tracker = engine(model, args, args.resolution)
-    tracker.step(next(frames), object_prompts(count))
-    tracker.step(next(frames))  # warm-up of the propagation path
+    """Frames per second of a propagation step with ``count`` objects."""
+    step = start_sweep(model, frames, args, args.resolution, count)
+    step()  # warm-up of the propagation path
     begin = time.perf_counter()
     for _ in range(args.frames):
-        tracker.step(next(frames))
+        step()
     return args.frames / (time.perf_counter() - begin)
 
 
@@ -102,13 +112,12 @@ def reset_peak_rss() -> None:
 def memory_run(model: SeemModel, frames: Iterator[np.ndarray], args: argparse.Namespace,
                checkpoints: list[int]) -> list[tuple[int, float, float]]:
     """(frames, peak RSS MB, seconds) at each checkpoint, 2 objects tracked from frame 0."""
-    tracker = engine(model, args, args.memory_resolution)
-    tracker.step(next(frames), object_prompts(2))
+    step = start_sweep(model, frames, args, args.memory_resolution, 2)
     reset_peak_rss()
     out, done, begin = [], 1, time.perf_counter()
     for checkpoint in checkpoints:
         for _ in range(checkpoint - done):
-            tracker.step(next(frames))
+            step()
         done = checkpoint
         out.append((checkpoint, peak_rss_mb(), time.perf_counter() - begin))
     return out

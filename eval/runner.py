@@ -190,7 +190,8 @@ def predict_sequence(
     with SequenceVideo(sequence) as video, tqdm(
         total=len(sequence), unit="frame", desc=sequence.name, leave=False, disable=not progress
     ) as bar:
-        for result in track(video, engine, sequence_prompts(sequence, protocol)):
+        # Semi-supervised protocol: an object exists from its first annotated frame on, so no backward fill.
+        for result in track(video, engine, sequence_prompts(sequence, protocol), backfill=False):
             engine_seconds += result.seconds
             if result.index in outputs:
                 write_palette_png(seq_dir / f"{sequence.frame_names[result.index]}.png", result.label_map())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vos.cli import main
-from vos.engine import create_engine
+from vos.engine import VideoFrame, create_engine
 from vos.engines.seem import SeemEngine
 from vos.errors import VosError
 from vos.masks import read_label_png
@@ -62,12 +62,25 @@ def _prompts(frames: list[np.ndarray], mask: np.ndarray) -> dict[str, ObjectProm
     }
 
 
+def _frame(index: int, image: np.ndarray) -> VideoFrame:
+    return VideoFrame(index, image)
+
+
+def _start(engine: SeemEngine, frames: list[np.ndarray], prompts: list[ObjectPrompt]):
+    """Prompt every object on frame 0 and start a sweep there: (sweep, object states, frame-0 results)."""
+    states = {p.object_id: engine.new_object(p.object_id) for p in prompts}
+    first = {p.object_id: engine.add_prompt(_frame(0, frames[0]), states[p.object_id], p, None) for p in prompts}
+    sweep = engine.start_propagation()
+    sweep.step(_frame(0, frames[0]), states, {i: r.mask for i, r in first.items()})
+    return sweep, states, first
+
+
 @pytest.mark.parametrize("kind", ["mask", "points", "box", "scribble", "text", "reference", "text+points"])
 def test_every_prompt_kind_gives_a_mask_through_the_model(tiny_model, clip, kind) -> None:
     frames, mask = clip
     engine = _engine(tiny_model, absent_threshold=0.0)  # absence is tested on its own below
     prompt = _prompts(frames, mask)[kind]
-    first = engine.step(frames[0], [prompt])[1]
+    first = engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), prompt, None)
     assert first.mask.shape == mask.shape and first.present and 0.0 <= first.score <= 1.0
     if kind == "box":
         box = prompt.box
@@ -76,23 +89,33 @@ def test_every_prompt_kind_gives_a_mask_through_the_model(tiny_model, clip, kind
 
 
 def test_text_chooses_among_the_candidates_of_a_spatial_prompt(tiny_model, clip) -> None:
-    """The same click with different texts (one object per text, decoded together) picks different candidates."""
+    """The same click with different texts picks different candidates."""
     frames, mask = clip
     prompt = _prompts(frames, mask)["text+points"]
-    engine = _engine(tiny_model)
-    engine.step(frames[0], [prompt.model_copy(update={"object_id": i, "text": t}) for i, t in enumerate(TEXTS, 1)])
-    memories = [engine.tracks[i].memory for i in range(1, len(TEXTS) + 1)]
-    assert any(not torch.equal(memories[0], m) for m in memories[1:])
+    engine = _engine(tiny_model, absent_threshold=0.0)
+    masks = [engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), prompt.model_copy(update={"text": t}),
+                               None).mask for t in TEXTS]
+    assert any(not np.array_equal(masks[0], m) for m in masks[1:])
+
+
+def test_a_correction_feeds_the_current_mask_to_the_decoder(tiny_model, clip) -> None:
+    """The same clicks with and without the current mask (SEEM's memory prompt) give different masks."""
+    frames, mask = clip
+    engine = _engine(tiny_model, absent_threshold=0.0)
+    prompt = _prompts(frames, mask)["points"]
+    fresh = engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), prompt, None).mask
+    corrected = engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), prompt, ~mask).mask
+    assert not np.array_equal(fresh, corrected)
 
 
 def test_the_memory_prompt_drives_propagation(tiny_model, clip) -> None:
     """The engine's frame-1 mask is the decoder output for its memory, and another memory changes it."""
     frames, mask = clip
     engine = _engine(tiny_model, propagation="reference", absent_threshold=0.0)
-    engine.step(frames[0], [ObjectPrompt(object_id=1, mask=mask)])
-    state = engine.tracks[1]
+    sweep, states, _ = _start(engine, frames, [ObjectPrompt(object_id=1, mask=mask)])
+    state = sweep.tracks[1]
     memory0 = state.memory.clone()
-    engine.step(frames[1])
+    sweep.step(_frame(1, frames[1]), states, {})
     with torch.inference_mode():
         features = tiny_model.encode_image(torch.from_numpy(frames[1]).permute(2, 0, 1)[None], short_side=RESOLUTION)
 
@@ -103,7 +126,7 @@ def test_the_memory_prompt_drives_propagation(tiny_model, clip) -> None:
             return select_spatial_masks(out.final, 3).masks[0, 0]
 
         same, flipped = decode(memory0), decode(-memory0)
-    torch.testing.assert_close(engine.tracks[1].memory, same, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sweep.tracks[1].memory, same, atol=1e-4, rtol=1e-4)
     assert (same - flipped).abs().max() > 1e-3 and ((same > 0) != (flipped > 0)).any()
 
 
@@ -111,25 +134,23 @@ def test_objects_decoded_together_equal_objects_decoded_alone(tiny_model, clip) 
     frames, mask = clip
     prompts = _prompts(frames, mask)
     two = [prompts["mask"], prompts["points"].model_copy(update={"object_id": 2})]
-    together = _engine(tiny_model, absent_threshold=0.0)
-    alone = [_engine(tiny_model, absent_threshold=0.0) for _ in two]
-    together.step(frames[0], two)
-    for engine, prompt in zip(alone, two):
-        engine.step(frames[0], [prompt])
-    for frame in frames[1:2]:
-        together.step(frame)
-        for engine, prompt in zip(alone, two):
-            engine.step(frame)
-            torch.testing.assert_close(together.tracks[prompt.object_id].memory,
-                                       engine.tracks[prompt.object_id].memory, atol=1e-4, rtol=1e-4)
+    engine = _engine(tiny_model, absent_threshold=0.0)  # one engine: sweeps share nothing
+    together, together_states, _ = _start(engine, frames, two)
+    alone = [_start(engine, frames, [prompt]) for prompt in two]
+    together.step(_frame(1, frames[1]), together_states, {})
+    for (sweep, states, _), prompt in zip(alone, two):
+        sweep.step(_frame(1, frames[1]), states, {})
+        torch.testing.assert_close(together.tracks[prompt.object_id].memory, sweep.tracks[prompt.object_id].memory,
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_overlapping_objects_get_one_object_per_pixel(tiny_model, clip) -> None:
     frames, mask = clip
     prompts = _prompts(frames, mask)
     engine = _engine(tiny_model, absent_threshold=0.0)
-    engine.step(frames[0], [prompts["points"], prompts["scribble"].model_copy(update={"object_id": 2})])
-    results = engine.step(frames[1])
+    second = prompts["scribble"].model_copy(update={"object_id": 2})
+    sweep, states, _ = _start(engine, frames, [prompts["points"], second])
+    results = sweep.step(_frame(1, frames[1]), states, {})
     assert not (results[1].mask & results[2].mask).any()
     assert results[1].present and results[2].present
 
@@ -137,24 +158,26 @@ def test_overlapping_objects_get_one_object_per_pixel(tiny_model, clip) -> None:
 def test_an_object_that_disappears_is_reported_absent_and_reacquired_from_its_reference(tiny_model, clip) -> None:
     """Frame 1 goes black (say the lens is covered): the memory-driven mask no longer looks like the dog, the score
     falls below the default threshold and the dog is reported absent. On frame 2 it is searched for from its
-    reference alone, exactly as a fresh engine given the reference finds it, not from the stale memory."""
+    anchor alone, exactly as a fresh engine given the reference finds it, not from the stale memory."""
     frames, mask = clip
     black = np.zeros_like(frames[0])
     engine = _engine(tiny_model)
-    assert engine.step(frames[0], [ObjectPrompt(object_id=1, mask=mask)])[1].present
-    lost = engine.step(black)[1]
-    assert not lost.present and lost.score < engine.absent_threshold and engine.tracks[1].memory is None
-    back = engine.step(frames[2])[1]
+    sweep, states, first = _start(engine, frames, [ObjectPrompt(object_id=1, mask=mask)])
+    assert first[1].present
+    lost = sweep.step(_frame(1, black), states, {})[1]
+    assert not lost.present and lost.score < engine.absent_threshold and sweep.tracks[1].memory is None
+    back = sweep.step(_frame(2, frames[2]), states, {})[1]
 
-    fresh = _engine(tiny_model).step(frames[2], [ObjectPrompt(object_id=1, reference=Reference(image=frames[0], mask=mask))])[1]
+    reference = ObjectPrompt(object_id=1, reference=Reference(image=frames[0], mask=mask))
+    fresh = _engine(tiny_model).add_prompt(_frame(2, frames[2]), engine.new_object(1), reference, None)
     assert back.present and back.score >= engine.absent_threshold
     assert back.score == pytest.approx(fresh.score, abs=1e-5) and (back.mask != fresh.mask).mean() < 1e-4
 
     drifting = _engine(tiny_model, absent_threshold=0.0)  # the same video with the absence test switched off
-    drifting.step(frames[0], [ObjectPrompt(object_id=1, mask=mask)])
-    drifting.step(black)
-    drifting.step(frames[2])
-    assert (drifting.tracks[1].memory - engine.tracks[1].memory).abs().max() > 1e-3
+    sweep2, states2, _ = _start(drifting, frames, [ObjectPrompt(object_id=1, mask=mask)])
+    sweep2.step(_frame(1, black), states2, {})
+    sweep2.step(_frame(2, frames[2]), states2, {})
+    assert (sweep2.tracks[1].memory - sweep.tracks[1].memory).abs().max() > 1e-3
 
 
 def test_same_seed_same_masks_and_another_seed_other_spatial_queries(tiny_model, clip) -> None:
@@ -163,8 +186,9 @@ def test_same_seed_same_masks_and_another_seed_other_spatial_queries(tiny_model,
     runs = []
     for seed in (3, 3, 4):
         engine = _engine(tiny_model, seed=seed, absent_threshold=0.0)
-        results = [engine.step(frames[0], [prompt]), engine.step(frames[1])]
-        runs.append(([r[1].mask for r in results], [r[1].score for r in results], engine.tracks[1]))
+        sweep, states, first = _start(engine, frames, [prompt])
+        second = sweep.step(_frame(1, frames[1]), states, {})
+        runs.append(([first[1].mask, second[1].mask], [first[1].score, second[1].score], sweep.tracks[1]))
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][0], runs[1][0])) and runs[0][1] == runs[1][1]
     assert not torch.equal(runs[0][2].query_indices, runs[2][2].query_indices)
     assert not torch.equal(runs[0][2].memory, runs[2][2].memory)

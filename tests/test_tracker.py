@@ -1,12 +1,12 @@
 """The tracker's own contract, driven with a minimal engine that repeats each object's prompt mask."""
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest
 
-from vos.engine import Engine, ObjectResult, create_engine, available_engines
+from vos.engine import Engine, ObjectResult, ObjectState, Propagation, VideoFrame, available_engines, create_engine
 from vos.errors import EngineError, PromptError, UnsupportedPromptError
 from vos.prompts import ObjectPrompt, Point
 from vos.tracker import TrackingCancelled, track
@@ -20,18 +20,33 @@ class RepeatMaskEngine(Engine):
     supported_prompts = frozenset({"mask"})
 
     def __init__(self) -> None:
+        super().__init__()
+        self.frames_seen = 0
+
+    def new_object(self, object_id: int) -> ObjectState:
+        return ObjectState(object_id)
+
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        return ObjectResult(prompt.object_id, prompt.mask, score=prompt.object_id / 10)
+
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        pass
+
+    def start_propagation(self) -> Propagation:
+        return _Repeat(self)
+
+
+class _Repeat(Propagation):
+    def __init__(self, engine: RepeatMaskEngine) -> None:
+        self.engine = engine
         self.masks: dict[int, np.ndarray] = {}
-        self.frames_seen = 0
 
-    def reset(self) -> None:
-        self.masks.clear()
-        self.frames_seen = 0
-
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
-        self.frames_seen += 1
-        for prompt in prompts:
-            self.masks[prompt.object_id] = prompt.mask
-        return {i: ObjectResult(i, m, score=i / 10) for i, m in self.masks.items()}
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        self.engine.frames_seen += 1
+        self.masks.update(seeds)
+        return {i: ObjectResult(i, self.masks[i], score=i / 10) for i in objects}
 
 
 @pytest.fixture
@@ -48,9 +63,14 @@ def _box_mask(x0: int, x1: int) -> np.ndarray:
 
 def test_objects_join_on_their_prompt_frame(swan_video) -> None:
     prompts = [ObjectPrompt(object_id=1, mask=_box_mask(0, 50)), ObjectPrompt(object_id=2, frame_index=3, mask=_box_mask(300, 350))]
-    results = list(track(swan_video, RepeatMaskEngine(), prompts))
+    results = list(track(swan_video, RepeatMaskEngine(), prompts, backfill=False))
     assert [r.index for r in results] == list(range(50))
     assert [sorted(r.objects) for r in results[:4]] == [[1], [1], [1], [1, 2]]
+    filled = list(track(swan_video, RepeatMaskEngine(), prompts))  # object 2 propagated back from frame 3 first
+    assert [r.index for r in filled] == list(range(50))
+    assert all(sorted(r.objects) == [1, 2] for r in filled)
+    # frames 0-3 changed twice (prompt or back-fill, then the forward pass), later ones once
+    assert [r.revision for r in filled[:5]] == [2, 2, 2, 2, 1]
     assert results[10].label_map()[150, 320] == 2 and results[10].image.shape == (480, 854, 3)
 
 

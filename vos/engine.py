@@ -1,17 +1,25 @@
 """The engine interface every tracking engine implements, and the registry that creates engines by name.
 
-An engine is a small stateful object in the spirit of Cutie's ``step(image, mask)``: :meth:`Engine.step` takes
-the next frame (and the prompts of objects that start on it) and returns one mask and score per object. It keeps
-only the state it needs to go on (no cache of all past frames). :func:`vos.tracker.track` drives it over a video.
+The model is kept apart from a video's state, as in SAM 2's predictor (``inference_state``) and Cutie's
+``InferenceCore``: an :class:`Engine` holds weights and configuration only, so one engine serves many videos at
+once; a :class:`vos.session.Session` holds one video's state and calls the engine with it:
+
+* :meth:`Engine.new_object` makes the engine's per-object state (:class:`ObjectState`: colour models, reference
+  tokens), which every prompted frame of the object (its *anchors*) contributes to;
+* :meth:`Engine.add_prompt` segments an object on one frame from a prompt, correcting the mask it already has there;
+* :meth:`Engine.start_propagation` begins one sweep over frames in one direction; its :class:`Propagation` keeps
+  what passes from one frame to the next (the previous frame, each object's memory) and nothing else.
+
+Frames reach the engine as :class:`VideoFrame`, which caches per-frame data (features) in the session's LRU cache.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -44,9 +52,70 @@ class FrameResult:
     width: int
     seconds: float = 0.0  # engine compute time for this frame (decode excluded)
     image: np.ndarray | None = field(default=None, repr=False)  # the RGB frame, for overlays; not serialised
+    revision: int = 0  # 1 for a frame's first result in a session, +1 for each change; 0: never computed
 
     def label_map(self) -> np.ndarray:
         return labels_from_masks({i: r.mask for i, r in self.objects.items()}, self.height, self.width)
+
+
+T = TypeVar("T")
+
+
+class FrameCache(Protocol):
+    """Where a session keeps data derived from its frames (see :class:`vos.video.ByteLRUCache`)."""
+
+    def get_or_compute(self, key: Any, compute: Callable[[], T]) -> T: ...
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One decoded frame of a session's video, as engines see it, with access to the other frames."""
+
+    index: int
+    image: np.ndarray = field(repr=False)  # RGB uint8 [H, W, 3]
+    cache: FrameCache | None = field(default=None, repr=False, compare=False)
+    read: Callable[[int], np.ndarray] | None = field(default=None, repr=False, compare=False)  # frame i of the video
+    num_frames: int = 1
+
+    def cached(self, name: str, compute: Callable[[], T]) -> T:
+        """``compute()`` for this frame, kept in the session's byte-bounded cache under ``name`` (e.g. features)."""
+        if self.cache is None:
+            return compute()
+        return self.cache.get_or_compute((name, self.index), compute)
+
+    def following(self, count: int) -> list[np.ndarray]:
+        """Up to ``count`` frames after this one, in order (e.g. to see how a clicked object moves)."""
+        if self.read is None:
+            return []
+        return [self.read(i) for i in range(self.index + 1, min(self.num_frames, self.index + 1 + count))]
+
+
+@dataclass
+class ObjectState:
+    """What an engine keeps about one object of one session, built from the object's anchors (its prompted frames).
+
+    Engines subclass it; the session stores it and hands it back, and never reads the engine's fields.
+    """
+
+    object_id: int
+
+
+class Propagation(abc.ABC):
+    """One sweep of an engine over frames in one direction (forward or backward), one frame per :meth:`step`.
+
+    It keeps what passes from one frame to the next in the sweep's order (the previous frame, each object's mask
+    or memory), so backward propagation computes exactly what forward propagation computes on the reversed video.
+    """
+
+    @abc.abstractmethod
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        """Results on ``frame`` for every object in ``objects``, masks not overlapping.
+
+        Objects in ``seeds`` (a subset of ``objects``) start or restart on this frame from the given bool mask (an
+        anchor, or the stored result where a sweep starts); their result is that mask. The others follow from their
+        masks on the previous frame of this sweep. An object left out of ``objects`` has left the sweep.
+        """
 
 
 class EngineOptions(BaseModel):
@@ -93,15 +162,26 @@ class Engine(abc.ABC):
                 )
 
     @abc.abstractmethod
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
-        """Segment every known object on ``frame`` (RGB uint8), first adding the objects prompted on it.
+    def new_object(self, object_id: int) -> ObjectState:
+        """The state of an object that has no anchor yet."""
 
-        Returns one result per object tracked so far, with non-overlapping masks of the frame's size.
+    @abc.abstractmethod
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        """The object's mask on ``frame`` from ``prompt``, making the frame one of its anchors in ``state``.
+
+        ``current`` is the object's mask on the frame before this prompt (its anchor or propagated mask), or None.
+        With it the prompt is a correction: positive clicks and strokes add to it, negative ones remove from it,
+        a mask replaces it.
         """
 
     @abc.abstractmethod
-    def reset(self) -> None:
-        """Forget every object so the engine can start on another video."""
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        """Forget what frame ``frame_index`` contributed to the object (its prompts there were cleared)."""
+
+    @abc.abstractmethod
+    def start_propagation(self) -> Propagation:
+        """A new sweep; see :class:`Propagation`."""
 
 
 # ---------------------------------------------------------------------------------------------- registry

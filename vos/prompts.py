@@ -1,7 +1,7 @@
-"""Prompts: what the user says about each object on the frame where tracking starts.
+"""Prompts: what the user says about an object on one frame.
 
-One :class:`ObjectPrompt` per object id may combine several kinds (mask, points, box, scribbles, text,
-reference image + mask). Masks are held as bool arrays; :func:`parse_prompts` builds prompts from JSON, where a
+An :class:`ObjectPrompt` carries its frame (``frame_index``) and may combine several kinds (mask, points, box,
+scribbles, text, reference image + mask); an object may be prompted on many frames. Masks are held as bool arrays; :func:`parse_prompts` builds prompts from JSON, where a
 mask is given as COCO RLE, base64 PNG or the name of an uploaded PNG file.
 """
 
@@ -17,6 +17,7 @@ from vos.errors import PromptError
 from vos.masks import MAX_OBJECT_ID, decode_rle, mask_from_base64_png, mask_from_png_bytes
 
 PROMPT_KINDS = frozenset({"mask", "points", "box", "scribble", "text", "reference"})
+MAX_SCRIBBLE_WIDTH = 1000.0  # pixels; wider than any frame we accept is a mistake, and rasterising it costs memory
 
 
 class Point(BaseModel):
@@ -47,7 +48,8 @@ class Scribble(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     lines: list[list[tuple[float, float]]] = Field(default_factory=list)
-    width: float = Field(default=5.0, gt=0)
+    width: float = Field(default=5.0, gt=0, le=MAX_SCRIBBLE_WIDTH, allow_inf_nan=False,
+                         description=f"stroke width in pixels, at most {MAX_SCRIBBLE_WIDTH:g}")
     positive: bool = True
     mask: np.ndarray | None = None
 
@@ -123,14 +125,17 @@ class ObjectPrompt(BaseModel):
 
 
 def validate_prompts(prompts: Sequence[ObjectPrompt], width: int, height: int, num_frames: int | None = None) -> None:
-    """Check prompts against the video: unique ids, coordinates inside the frame, masks of the frame's size."""
+    """Check prompts against the video: one prompt per object and frame, frames that exist, coordinates inside the
+    frame, masks of the frame's size."""
     if not prompts:
         raise PromptError("no prompts given: prompt at least one object")
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     for prompt in prompts:
-        if prompt.object_id in seen:
-            raise PromptError(f"object id {prompt.object_id} is prompted twice")
-        seen.add(prompt.object_id)
+        key = (prompt.object_id, prompt.frame_index)
+        if key in seen:
+            raise PromptError(f"object id {prompt.object_id} is prompted twice on frame {prompt.frame_index}: "
+                              "combine its points, box and scribbles into one prompt")
+        seen.add(key)
         if num_frames is not None and prompt.frame_index >= num_frames:
             raise PromptError(
                 f"object {prompt.object_id} is prompted on frame {prompt.frame_index}, "

@@ -1,26 +1,20 @@
-"""Drive an engine over a video and yield per-frame results as they are computed.
+"""Track prompted objects through a whole video in one call: a thin wrapper over a :class:`vos.session.Session`.
 
 The CLI, the Celery task and the evaluation runners all consume this one generator, so they see the same
-masks and can stream them out (files, Redis streams, metrics) while tracking goes on.
+masks and can stream them out (files, Redis streams, metrics) while tracking goes on. Interactive use (corrections,
+objects added and removed, backward propagation) goes through the session directly.
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
-
-from vos.engine import Engine, FrameResult, ObjectResult
-from vos.errors import VideoError
-from vos.masks import exclusive_masks
+from vos.engine import Engine, FrameResult
 from vos.prompts import ObjectPrompt, validate_prompts
+from vos.session import ResultStore, Session, TrackingCancelled
 from vos.video import VideoSource
 
-
-class TrackingCancelled(Exception):
-    """Raised inside :func:`track` when ``should_stop`` asks it to stop; the generator ends after it."""
+__all__ = ["TrackingCancelled", "track"]
 
 
 def track(
@@ -28,57 +22,46 @@ def track(
     engine: Engine,
     prompts: Sequence[ObjectPrompt],
     should_stop: Callable[[], bool] | None = None,
+    *,
+    backfill: bool = True,
+    store: ResultStore | None = None,
 ) -> Iterator[FrameResult]:
-    """Track the prompted objects through ``video``, yielding one :class:`FrameResult` per frame, in order.
+    """Track the prompted objects through ``video``, yielding one :class:`FrameResult` per frame.
 
-    Prompts are checked against the video and the engine before the first frame is decoded. Objects join on
-    their prompt's ``frame_index``; frames before any prompt yield no objects. ``should_stop`` is polled
-    before every frame, so a cancelled job stops within one frame.
+    Prompts are checked against the video and the engine before any frame is decoded; an object may be prompted
+    on several frames (at most one prompt per object and frame). The session gets every prompt on its frame, then:
+
+    1. with ``backfill``, each object that joins after the earliest prompted frame is propagated backward from its
+       first prompted frame, so no frame before its prompt is left without it (not yielded yet);
+    2. frames before the earliest prompted frame are yielded without objects;
+    3. the objects are propagated forward from the earliest prompted frame to the end, each joining on its first
+       prompted frame and restarting from each of its later ones.
+
+    So every frame is yielded exactly once, in order, with its final masks (``revision`` counts the changes the
+    steps above made to it). ``should_stop`` is polled before every frame, so a cancelled job stops within one frame
+    (:class:`TrackingCancelled`). Results are kept in ``store`` (a temporary folder by default) while tracking runs.
     """
     info = video.info
     validate_prompts(prompts, info.width, info.height, info.num_frames)
     engine.check_prompts(prompts)
-    engine.reset()
-    return _run(video, engine, prompts, should_stop)
+    return _run(Session(engine, video, store), prompts, should_stop, backfill)
 
 
-def _run(
-    video: VideoSource, engine: Engine, prompts: Sequence[ObjectPrompt], should_stop: Callable[[], bool] | None
-) -> Iterator[FrameResult]:
-    info = video.info
-    by_frame: dict[int, list[ObjectPrompt]] = defaultdict(list)
-    for prompt in prompts:
-        by_frame[prompt.frame_index].append(prompt)
-    started = False
-    for index, frame in enumerate(_checked_frames(video)):
-        if should_stop is not None and should_stop():
-            raise TrackingCancelled(f"tracking stopped at frame {index}")
-        new_prompts = by_frame.get(index, [])
-        started = started or bool(new_prompts)
-        begin = time.perf_counter()
-        objects = engine.step(frame, new_prompts) if started else {}
-        seconds = time.perf_counter() - begin
-        yield FrameResult(index, _exclusive(objects), info.height, info.width, seconds, frame)
-
-
-def _checked_frames(video: VideoSource) -> Iterable[np.ndarray]:
-    expected = (video.info.height, video.info.width)
-    for index, frame in enumerate(video):
-        if frame.shape[:2] != expected:
-            raise VideoError(f"frame {index} of {video.path} is {frame.shape[1]}x{frame.shape[0]}, expected "
-                             f"{expected[1]}x{expected[0]}: videos whose size changes are not supported")
-        yield frame
-
-
-def _exclusive(objects: dict[int, ObjectResult]) -> dict[int, ObjectResult]:
-    """Guarantee one object per pixel even if an engine returned overlapping masks (higher score wins)."""
-    if len(objects) < 2:
-        return objects
-    total = np.zeros(next(iter(objects.values())).mask.shape, np.uint16)
-    for result in objects.values():
-        total += result.mask
-    if total.max() <= 1:
-        return objects
-    claims = {i: r.mask * (r.score + 1e-3) for i, r in objects.items()}  # +1e-3: a zero score still claims
-    masks = exclusive_masks(claims, threshold=0.0)
-    return {i: ObjectResult(i, masks[i], r.score) for i, r in objects.items()}
+def _run(session: Session, prompts: Sequence[ObjectPrompt], should_stop: Callable[[], bool] | None,
+         backfill: bool) -> Iterator[FrameResult]:
+    with session:
+        for prompt in sorted(prompts, key=lambda p: p.frame_index):
+            session.add_prompt(prompt)
+        firsts = {i: obj.first_anchor() for i, obj in session.objects.items()}
+        earliest = min(firsts.values())
+        if backfill:
+            for object_id, first in sorted(firsts.items()):
+                if first > earliest:
+                    for _ in session.propagate(first, "backward", [object_id], should_stop=should_stop):
+                        pass
+        for index in range(earliest):
+            if should_stop is not None and should_stop():
+                raise TrackingCancelled(f"tracking stopped at frame {index}")
+            yield session.result(index)
+        for result, _ in session._sweep(earliest, 1, sorted(session.objects), True, should_stop):
+            yield result

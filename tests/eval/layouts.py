@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from vos.engine import Engine, EngineOptions, ObjectResult
+from vos.engine import Engine, EngineOptions, ObjectResult, ObjectState, Propagation, VideoFrame
 from vos.prompts import ObjectPrompt
 
 SOURCE = "blackswan"  # the shared sequence the synthetic layouts are made from
@@ -126,18 +126,35 @@ class RepeatMaskEngine(Engine):
         shift: int = 0
         seed: int = 0  # an option only this engine takes
 
-    def __init__(self, shift: int = 0, seed: int = 0) -> None:  # seed: an option only this engine takes
-        self.shift = shift
+    def __init__(self, options: EngineOptions | None = None, **values: object) -> None:
+        super().__init__(options, **values)
+        self.shift = self.options.shift
+
+    def new_object(self, object_id: int) -> ObjectState:
+        return ObjectState(object_id)
+
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        return ObjectResult(prompt.object_id, shifted(prompt.mask, self.shift), 1.0)
+
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        pass
+
+    def start_propagation(self) -> Propagation:
+        return _Repeat()
+
+
+class _Repeat(Propagation):
+    """Each object keeps the mask it started from."""
+
+    def __init__(self) -> None:
         self.masks: dict[int, np.ndarray] = {}
 
-    def reset(self) -> None:
-        self.masks = {}
-
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
         RepeatMaskEngine.steps += 1  # one counter for both test engines
-        for prompt in prompts:
-            self.masks[prompt.object_id] = shifted(prompt.mask, self.shift)
-        return {i: ObjectResult(i, m, 1.0) for i, m in self.masks.items()}
+        self.masks.update(seeds)
+        return {i: ObjectResult(i, self.masks[i], 1.0) for i in objects}
 
 
 class ShiftedMaskEngine(RepeatMaskEngine):
@@ -147,9 +164,6 @@ class ShiftedMaskEngine(RepeatMaskEngine):
 
     class Options(EngineOptions):
         shift: int = 7
-
-    def __init__(self, shift: int = 7) -> None:
-        super().__init__(shift)
 
 
 TEST_ENGINES = {"repeat": "layouts:RepeatMaskEngine", "shifted": "layouts:ShiftedMaskEngine"}

@@ -7,14 +7,22 @@ classical engine plus a fixed delay per frame, so a test can cancel or kill a wo
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
-
 from pydantic import Field
 
-from vos.engine import Engine, EngineOptions, ObjectResult, engine_class, register_engine
+from vos.engine import (
+    Engine,
+    EngineOptions,
+    ObjectResult,
+    ObjectState,
+    Propagation,
+    VideoFrame,
+    engine_class,
+    register_engine,
+)
 from vos.prompts import ObjectPrompt
 
 TEST_ENGINES = {"static": "service_engines:StaticEngine", "slow": "service_engines:SlowEngine"}
@@ -32,22 +40,36 @@ class StaticEngine(Engine):
     class Options(EngineOptions):
         delay: float = Field(0.0, ge=0, le=60, description="seconds to wait per frame")
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def new_object(self, object_id: int) -> ObjectState:
+        return ObjectState(object_id)
+
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        return ObjectResult(prompt.object_id, _mask(prompt, frame.image.shape[:2]), 1.0)
+
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        pass
+
+    def start_propagation(self) -> Propagation:
+        return _Static(self.options.delay)
+
+
+class _Static(Propagation):
+    """Each object keeps the mask it started from."""
+
+    def __init__(self, delay: float) -> None:
         self.delay = delay
         self.masks: dict[int, np.ndarray] = {}
 
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
-        for prompt in prompts:
-            self.masks[prompt.object_id] = _mask(prompt, frame.shape[:2])
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        self.masks.update(seeds)
         time.sleep(self.delay)
-        return {i: ObjectResult(i, m, 1.0) for i, m in self.masks.items()}
-
-    def reset(self) -> None:
-        self.masks = {}
+        return {i: ObjectResult(i, self.masks[i], 1.0) for i in objects}
 
 
 class SlowEngine(Engine):
-    """The classical engine, slowed down by ``delay`` seconds per frame."""
+    """The classical engine, slowed down by ``delay`` seconds per propagated frame."""
 
     name = "slow"
     supported_prompts = frozenset({"points", "box", "mask", "scribble"})
@@ -55,16 +77,32 @@ class SlowEngine(Engine):
     class Options(EngineOptions):
         delay: float = Field(0.1, ge=0, le=60, description="seconds to wait per frame")
 
-    def __init__(self, delay: float = 0.1) -> None:
-        self.delay = delay
+    def __init__(self, options: EngineOptions | None = None, **values: object) -> None:
+        super().__init__(options, **values)
         self.inner = _classical()
 
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
-        time.sleep(self.delay)
-        return self.inner.step(frame, prompts)
+    def new_object(self, object_id: int) -> ObjectState:
+        return self.inner.new_object(object_id)
 
-    def reset(self) -> None:
-        self.inner.reset()
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        return self.inner.add_prompt(frame, state, prompt, current)
+
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        self.inner.remove_anchor(state, frame_index)
+
+    def start_propagation(self) -> Propagation:
+        return _Slow(self.inner.start_propagation(), self.options.delay)
+
+
+class _Slow(Propagation):
+    def __init__(self, inner: Propagation, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        time.sleep(self.delay)
+        return self.inner.step(frame, objects, seeds)
 
 
 def _classical() -> Engine:

@@ -28,15 +28,15 @@ reference-image prompts need the SEEM engine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
 from pydantic import Field
 
-from vos.engine import Engine, EngineOptions, ObjectResult
+from vos.engine import Engine, EngineOptions, ObjectResult, ObjectState, Propagation, VideoFrame
 from vos.engines.initial_mask import initial_mask
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
@@ -51,15 +51,37 @@ _MIN_BLOB_SHARE = 0.2  # detached blobs smaller than this share of an object's l
 _BACKGROUND_TOLERANCE = 0.7  # pixels whose flow is this close to the camera's motion move with the background
 _SPECKLE = np.ones((3, 3), np.uint8)  # pixels added by motion segmentation must survive an opening with this
 _THIN = np.ones((5, 5), np.uint8)  # parts of a mask that an opening with this element removes count as thin
+_CORRECTION_REACH = 0.1  # a correction may move the boundary this share of the frame's short side from the mask
+_CORRECTION_SIDE = 480  # corrections run GrabCut on the crop around the mask downscaled to at most this many pixels
+_CORRECTION_ITERATIONS = 3
+_CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
+
+
+@dataclass(frozen=True)
+class _ColourSample:
+    """What one anchor frame contributes to an object's colour models: the pixels of the object and of its
+    surroundings at working resolution, in row-major order of the crop around it."""
+
+    pixels: np.ndarray  # uint8 [n, 3] BGR
+    is_object: np.ndarray  # bool [n]
+
+
+@dataclass
+class ClassicalObject(ObjectState):
+    """One object's colour models (GrabCut GMMs), learnt on the pixels of all its anchor frames together."""
+
+    samples: dict[int, _ColourSample] = field(default_factory=dict)  # anchor frame -> its pixels
+    bg_model: np.ndarray | None = None  # float64 [1, 65]; None while the anchors lack object or background pixels
+    fg_model: np.ndarray | None = None
 
 
 @dataclass
 class _Track:
-    """One object's state at working resolution."""
+    """One object in a propagation sweep, at working resolution."""
 
-    mask: np.ndarray  # bool [h, w] on the previous frame
-    bg_model: np.ndarray  # GrabCut's background GMM (float64 [1, 65]), learnt on the prompt frame
-    fg_model: np.ndarray  # GrabCut's object GMM
+    mask: np.ndarray  # bool [h, w] on the previous frame of the sweep
+    bg_model: np.ndarray | None  # the object's colour models (see ClassicalObject)
+    fg_model: np.ndarray | None
     score: float
 
 
@@ -91,44 +113,58 @@ class ClassicalEngine(Engine):
 
     def __init__(self, options: ClassicalOptions | None = None, **values: Any) -> None:
         super().__init__(options, **values)
-        self.reset()
 
-    def reset(self) -> None:
-        self._tracks: dict[int, _Track] = {}
-        self._previous_gray: np.ndarray | None = None
-        self._flow = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.options.flow_preset])
+    # ------------------------------------------------------------------------------------------------ session API
 
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
-        self.check_prompts(prompts)
-        small = _downscale(frame, self.options.working_width)
-        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)  # GrabCut's channel order
-        gray = cv2.cvtColor(_downscale(frame, self.options.flow_width), cv2.COLOR_RGB2GRAY)
-        if self._tracks and self._previous_gray is not None:
-            flow = _resize_flow(self._flow.calc(gray, self._previous_gray, None), small.shape[:2])
-            for track in self._tracks.values():
-                self._propagate(track, flow, bgr)
-        for prompt in prompts:
-            self._tracks[prompt.object_id] = self._start(frame, prompt, bgr)
-        self._previous_gray = gray
-        return self._results(frame.shape[:2])
+    def new_object(self, object_id: int) -> ClassicalObject:
+        return ClassicalObject(object_id)
+
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        assert isinstance(state, ClassicalObject)
+        self.check_prompts([prompt])
+        if prompt.mask is not None or prompt.box is not None or current is None or not current.any():
+            mask = initial_mask(frame.image, prompt)
+        else:
+            mask = _corrected_mask(frame.image, current, prompt)
+        bgr, _ = self._working_images(frame)
+        small = _resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
+        state.samples[frame.index] = self._colour_sample(bgr, small)
+        _learn_colour_models(state)
+        return ObjectResult(prompt.object_id, mask, 1.0 if mask.any() else 0.0)
+
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        assert isinstance(state, ClassicalObject)
+        state.samples.pop(frame_index, None)
+        _learn_colour_models(state)
+
+    def start_propagation(self) -> _ClassicalPropagation:
+        return _ClassicalPropagation(self)
+
+    def _working_images(self, frame: VideoFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The frame at working resolution in BGR (GrabCut's channel order) and in grey at flow resolution."""
+        options = self.options
+
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            bgr = cv2.cvtColor(_downscale(frame.image, options.working_width), cv2.COLOR_RGB2BGR)
+            gray = cv2.cvtColor(_downscale(frame.image, options.flow_width), cv2.COLOR_RGB2GRAY)
+            return bgr, gray
+
+        return frame.cached(f"classical/{options.working_width}/{options.flow_width}", compute)
 
     # ------------------------------------------------------------------------------------------------ per object
 
-    def _start(self, frame: np.ndarray, prompt: ObjectPrompt, bgr: np.ndarray) -> _Track:
-        full = initial_mask(frame, prompt)
-        mask = _resize(full.astype(np.float32), bgr.shape[:2]) > 0.5
-        bg_model, fg_model = np.zeros((1, 65)), np.zeros((1, 65))
-        if mask.any():
-            crop = _bounds(_within(mask, 4 * self._reach(mask)))
-            labels = np.where(mask, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)[crop]
-            cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
-            cv2.grabCut(np.ascontiguousarray(bgr[crop]), labels, None, bg_model, fg_model, 1, cv2.GC_INIT_WITH_MASK)
-        return _Track(mask, bg_model, fg_model, 1.0 if mask.any() else 0.0)
+    def _colour_sample(self, bgr: np.ndarray, mask: np.ndarray) -> _ColourSample:
+        """The object's pixels and those of its surroundings (within 4 band widths) on an anchor frame."""
+        if not mask.any():
+            return _ColourSample(np.zeros((0, 3), np.uint8), np.zeros(0, bool))
+        crop = _bounds(_within(mask, 4 * self._reach(mask)))
+        return _ColourSample(bgr[crop].reshape(-1, 3), mask[crop].reshape(-1))
 
     def _propagate(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> None:
         prior = self._motion_prior(track, flow, bgr)
-        if not prior.any():
-            track.mask, track.score = prior, 0.0
+        if not prior.any() or track.fg_model is None:  # no colour models (e.g. the object fills its frames)
+            track.mask, track.score = prior, float(prior.any())
             return
         cut = _overlapping(self._graph_cut(track, prior, bgr), prior)
         thick = cv2.morphologyEx(prior.astype(np.uint8), cv2.MORPH_OPEN, _THIN).astype(bool)
@@ -155,7 +191,7 @@ class ClassicalEngine(Engine):
         deviation = _distance(object_motion, grid.displaced(flow))
         prior = np.where(deviation <= self.options.flow_tolerance, local, whole) > 0.5
         camera = _fit_homography(~_within(previous, 3 * self._reach(previous)), flow)
-        if camera is None:
+        if camera is None or track.fg_model is None:
             return prior
         camera_motion = grid.homography(camera)
         if _distance(camera_motion, grid.points)[previous].mean() < self.options.flow_tolerance:
@@ -202,12 +238,49 @@ class ClassicalEngine(Engine):
 
     # ------------------------------------------------------------------------------------------------ output
 
-    def _results(self, shape: tuple[int, int]) -> dict[int, ObjectResult]:
+    def _results(self, shape: tuple[int, int], tracks: Mapping[int, _Track],
+                 seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        """Full-size masks, one object per pixel: seeds are kept as given and win their pixels; the others are
+        made exclusive on their smoothed masks."""
         # Upsampling the smoothed masks (not the binary ones) keeps the boundaries from turning blocky.
         soft = {i: _resize(cv2.GaussianBlur(t.mask.astype(np.float32), (0, 0), 0.7), shape)
-                for i, t in self._tracks.items()}
+                for i, t in tracks.items() if i not in seeds}
         masks = exclusive_masks(soft)
-        return {i: ObjectResult(i, masks[i], t.score if masks[i].any() else 0.0) for i, t in self._tracks.items()}
+        seeded = exclusive_masks({i: m.astype(np.float32) for i, m in seeds.items()})
+        claimed = np.logical_or.reduce(list(seeded.values())) if seeded else np.zeros(shape, bool)
+        results = {i: ObjectResult(i, seeded[i], 1.0 if seeded[i].any() else 0.0) for i in seeds}
+        for i, mask in masks.items():
+            mask = mask & ~claimed
+            results[i] = ObjectResult(i, mask, tracks[i].score if mask.any() else 0.0)
+        return results
+
+
+class _ClassicalPropagation(Propagation):
+    """One sweep: the previous frame's grey image (flow is computed from each frame to the previous one in the
+    sweep's order, so a backward sweep is a forward sweep over the reversed video) and each object's mask."""
+
+    def __init__(self, engine: ClassicalEngine) -> None:
+        self._engine = engine
+        self._flow = cv2.DISOpticalFlow_create(_DIS_PRESETS[engine.options.flow_preset])
+        self._previous_gray: np.ndarray | None = None
+        self._tracks: dict[int, _Track] = {}
+
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        engine = self._engine
+        bgr, gray = engine._working_images(frame)
+        self._tracks = {i: t for i, t in self._tracks.items() if i in objects and i not in seeds}
+        if self._tracks and self._previous_gray is not None:
+            flow = _resize_flow(self._flow.calc(gray, self._previous_gray, None), bgr.shape[:2])
+            for track in self._tracks.values():
+                engine._propagate(track, flow, bgr)
+        for object_id, mask in seeds.items():
+            state = objects[object_id]
+            assert isinstance(state, ClassicalObject)
+            small = _resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
+            self._tracks[object_id] = _Track(small, state.bg_model, state.fg_model, 1.0)
+        self._previous_gray = gray
+        return engine._results(frame.image.shape[:2], self._tracks, seeds)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -336,6 +409,64 @@ def _overlapping(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     keep &= areas >= _MIN_BLOB_SHARE * areas.max()
     keep[0] = False
     return keep[components]
+
+
+def _learn_colour_models(state: ClassicalObject) -> None:
+    """Fit the object's GMMs to the pixels of all its anchors (GrabCut learns its models from its initial labels,
+    which here are all sure, so one pass over the pixels laid out as one row is exactly that fit)."""
+    pixels = np.concatenate([s.pixels for s in state.samples.values()] or [np.zeros((0, 3), np.uint8)])
+    is_object = np.concatenate([s.is_object for s in state.samples.values()] or [np.zeros(0, bool)])
+    if is_object.all() or not is_object.any():
+        state.bg_model = state.fg_model = None
+        return
+    labels = np.where(is_object, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)[None]
+    state.bg_model, state.fg_model = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
+    cv2.grabCut(np.ascontiguousarray(pixels[None]), labels, None, state.bg_model, state.fg_model, 1,
+                cv2.GC_INIT_WITH_MASK)
+
+
+def _corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
+    """``current`` corrected by the prompt's clicks and strokes: GrabCut started from the current mask, positive
+    seeds sure object and negative ones sure background, free to move the boundary within reach of the mask and of
+    the positive seeds (so a click on a missed part grows the mask into it)."""
+    height, width = current.shape
+    positive, negative = _seed_masks(prompt, height, width)
+    reach = max(8.0, _CORRECTION_REACH * min(height, width))
+    near = _within(current | positive, reach)
+    trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
+    trimap[near] = cv2.GC_PR_BGD
+    trimap[current] = cv2.GC_PR_FGD
+    trimap[positive] = cv2.GC_FGD
+    trimap[negative] = cv2.GC_BGD
+    crop = _bounds(_within(current | positive, 2 * reach))
+    scale = min(1.0, _CORRECTION_SIDE / max(crop[0].stop - crop[0].start, crop[1].stop - crop[1].start))
+    small_image, small_trimap = image[crop], trimap[crop]
+    if scale < 1.0:
+        size = (max(1, round(small_image.shape[1] * scale)), max(1, round(small_image.shape[0] * scale)))
+        small_image = cv2.resize(small_image, size, interpolation=cv2.INTER_AREA)
+        small_trimap = cv2.resize(small_trimap, size, interpolation=cv2.INTER_NEAREST)
+    labels = np.ascontiguousarray(small_trimap)
+    cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
+    cv2.grabCut(cv2.cvtColor(np.ascontiguousarray(small_image), cv2.COLOR_RGB2BGR), labels, None,
+                np.zeros((1, 65)), np.zeros((1, 65)), _CORRECTION_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    chosen = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+    mask = current.copy()
+    mask[crop] = _resize(chosen, (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start)) > 0.5
+    mask = (mask | positive) & ~negative
+    return _overlapping(mask, (current & ~negative) | positive) if mask.any() else mask
+
+
+def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt's positive and negative clicks (small discs) and strokes as bool masks."""
+    positive, negative = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+    radius = max(2, round(_CLICK_RADIUS * min(height, width)))
+    for point in prompt.points:
+        cv2.circle(positive if point.positive else negative, (int(point.x), int(point.y)), radius, 1, -1)
+    for scribble in prompt.scribbles:
+        stroke = scribble.rasterize(height, width)
+        (positive if scribble.positive else negative)[stroke] = 1
+    return positive.astype(bool), negative.astype(bool)
 
 
 def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

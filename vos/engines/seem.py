@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vos.engine import Engine, ObjectResult
+from vos.engine import Engine, ObjectResult, ObjectState, Propagation, VideoFrame
 from vos.engines.seem_options import SeemOptions
 from vos.errors import EngineError, PromptError
 from vos.prompts import PROMPT_KINDS, Box, ObjectPrompt
@@ -57,8 +57,20 @@ WeightsOption = str | Path | SeemConfig | SeemModel
 
 
 @dataclass
+class SeemObject(ObjectState):
+    """One object of a session: its spatial queries and the referring-image tokens of each of its anchor frames."""
+
+    query_indices: Tensor = field(default=None, repr=False)  # type: ignore[assignment]  # [3], fixed per object
+    anchors: dict[int, PromptTokens] = field(default_factory=dict, repr=False)  # anchor frame -> its tokens
+
+    def anchor_near(self, index: int) -> PromptTokens:
+        """The tokens of the anchor closest in time to frame ``index`` (the earlier one on a tie)."""
+        return self.anchors[min(self.anchors, key=lambda frame: (abs(frame - index), frame))]
+
+
+@dataclass
 class TrackState:
-    """What the engine keeps about one object between frames (read it for inspection; do not modify it)."""
+    """What a propagation keeps about one object between frames (read it for inspection; do not modify it)."""
 
     object_id: int
     query_indices: Tensor  # [3] object-query rows copied as the object's spatial queries, fixed per object
@@ -115,34 +127,45 @@ class SeemEngine(Engine):
         self.propagation = opts.propagation
         self.absent_threshold = opts.absent_threshold
         self.seed = opts.seed
-        self._tracks: dict[int, TrackState] = {}
 
-    @property
-    def tracks(self) -> Mapping[int, TrackState]:
-        return self._tracks
+    # ------------------------------------------------------------------------------------------------ session API
+    def new_object(self, object_id: int) -> SeemObject:
+        return SeemObject(object_id, self._query_indices(object_id))
 
-    def reset(self) -> None:
-        self._tracks.clear()
-
-    # ------------------------------------------------------------------------------------------------ stepping
     @torch.inference_mode()
-    def step(self, frame: np.ndarray, prompts: Sequence[ObjectPrompt] = ()) -> dict[int, ObjectResult]:
-        self.check_prompts(prompts)
-        features = self._encode(frame)
-        prompted = {p.object_id for p in prompts}
-        followed = [t for i, t in self._tracks.items() if i not in prompted]
-        slots = self._propagation_slots(features, followed)
-        outcomes: dict[int, _Outcome] = {}
-        for prompt in prompts:
-            if prompt.mask is not None:
-                outcomes[prompt.object_id] = self._start_from_mask(features, prompt)
-            elif prompt.kinds == {"text"}:
-                outcomes[prompt.object_id] = self._start_from_text(features, prompt)
-            else:
-                slots.append(self._prompt_slot(features, prompt))
-        for slot, (logits, embedding) in zip(slots, self._decode(features, slots)):
-            outcomes[slot.object_id] = self._update(features, slot, logits, embedding)
-        return self._results(features, outcomes)
+    def add_prompt(self, frame: VideoFrame, state: ObjectState, prompt: ObjectPrompt,
+                   current: np.ndarray | None) -> ObjectResult:
+        """A mask is taken as given, a text alone is grounded, the rest is one decoder call; with ``current`` the
+        clicks and strokes refine it (it is the decoder's memory prompt, SEEM's interactive refinement)."""
+        assert isinstance(state, SeemObject)
+        self.check_prompts([prompt])
+        features = self._features(frame)
+        if prompt.mask is not None:
+            outcome = _Outcome(score=1.0, user_mask=prompt.mask.astype(bool))
+        elif prompt.kinds == {"text"}:
+            outcome = self._ground_text(features, prompt)
+        else:
+            memory = self._mask_logits(features, current) if current is not None and current.any() else None
+            slot = self._prompt_slot(features, prompt, state.query_indices, memory)
+            (logits, embedding), = self._decode(features, [slot])
+            outcome, _ = self._update(features, slot, logits, embedding)
+        result = self._results(features, {prompt.object_id: outcome})[prompt.object_id]
+        if prompt.reference is not None or result.mask.any():
+            state.anchors[frame.index] = self._anchor(features, prompt, result.mask)
+        else:
+            state.anchors.pop(frame.index, None)  # the object is absent here: nothing to learn from
+        return result
+
+    def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
+        assert isinstance(state, SeemObject)
+        state.anchors.pop(frame_index, None)
+
+    def start_propagation(self) -> SeemPropagation:
+        return SeemPropagation(self)
+
+    def _features(self, frame: VideoFrame) -> ImageFeatures:
+        """The frame's encoded features, computed once per frame and session (the session's feature cache)."""
+        return frame.cached(f"seem/{self.resolution}", lambda: self._encode(frame.image))
 
     def _encode(self, image: np.ndarray) -> ImageFeatures:
         return self.model.encode_image(image, short_side=self.resolution)
@@ -186,26 +209,16 @@ class SeemEngine(Engine):
         y, x = np.unravel_index(int(distance.argmax()), distance.shape)
         return self._click(features, y * MASK_STRIDE + MASK_STRIDE // 2, x * MASK_STRIDE + MASK_STRIDE // 2)
 
-    # ------------------------------------------------------------------------------------------------ first frame
-    def _start_from_mask(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Outcome:
-        assert prompt.mask is not None
-        mask = prompt.mask.astype(bool)
-        anchor = self._anchor(features, prompt, mask)
-        self._tracks[prompt.object_id] = TrackState(prompt.object_id, self._query_indices(prompt.object_id), anchor,
-                                                    self._mask_logits(features, mask))
-        return _Outcome(score=1.0, user_mask=mask)
-
-    def _start_from_text(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Outcome:
+    # ------------------------------------------------------------------------------------------------ prompts
+    def _ground_text(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Outcome:
         """Referring-text grounding (spec §8.4): the grounding query most similar to the sentence gives the mask."""
         assert prompt.text is not None
         logits = self.model.ground_text(features, prompt.text, with_class_logits=False).mask_logits[0]
-        mask = self._first_mask(features, prompt.object_id, logits)
-        anchor = self._anchor(features, prompt, mask)
-        self._tracks[prompt.object_id] = TrackState(prompt.object_id, self._query_indices(prompt.object_id), anchor,
-                                                    logits)
+        self._first_mask(features, prompt.object_id, logits)  # raises when the text selects nothing
         return _Outcome(score=self._inside_score(features, logits), logits=logits)
 
-    def _prompt_slot(self, features: ImageFeatures, prompt: ObjectPrompt) -> _Slot:
+    def _prompt_slot(self, features: ImageFeatures, prompt: ObjectPrompt, query_indices: Tensor,
+                     memory: Tensor | None) -> _Slot:
         """Points, box, scribbles and/or a reference (plus an optional text) as one decoder batch element."""
         positive, negative = self._spatial_masks(features, prompt)
         anchor = self._anchor(features, prompt, None) if prompt.reference is not None else None
@@ -220,8 +233,8 @@ class SeemEngine(Engine):
         if prompt.text is not None:
             text = self.model.lang_encoder.get_text_token_embeddings([prompt.text], norm=False).class_emb[0]
         keep = self._box_region(features, prompt.box) if prompt.box is not None else None
-        return _Slot(prompt.object_id, tokens, self._query_indices(prompt.object_id), anchor=anchor,
-                     pointed=pointed, text=text, keep=keep)
+        return _Slot(prompt.object_id, tokens, query_indices, memory=memory, anchor=anchor, pointed=pointed,
+                     text=text, keep=keep)
 
     def _spatial_masks(self, features: ImageFeatures, prompt: ObjectPrompt) -> tuple[Tensor, Tensor]:
         """Positive and negative prompt masks [Hp, Wp]: 3x3 clicks for points and the box centre, strokes as drawn."""
@@ -267,23 +280,20 @@ class SeemEngine(Engine):
         rows = torch.arange(len(slots), device=chosen.device)
         return list(zip(result.candidate_mask_logits[rows, chosen], result.candidate_mask_embeddings[rows, chosen]))
 
-    def _update(self, features: ImageFeatures, slot: _Slot, logits: Tensor, embedding: Tensor) -> _Outcome:
-        """Score the decoded mask, decide presence and store the object's new memory."""
+    def _update(self, features: ImageFeatures, slot: _Slot, logits: Tensor,
+                embedding: Tensor) -> tuple[_Outcome, Tensor | None]:
+        """Score the decoded mask and decide presence; returns the outcome and the object's next memory."""
         if slot.keep is not None:
             logits = logits.masked_fill(~slot.keep, -MASK_LOGIT)
-        anchor = slot.anchor
         if slot.pointed:
-            mask = self._first_mask(features, slot.object_id, logits)  # raises when the prompt selects nothing
-            if anchor is None:  # found by clicks alone: its first mask becomes its reference
-                anchor = self.model.encode_reference(features, mask[None], generator=self._generator(slot.object_id))
+            self._first_mask(features, slot.object_id, logits)  # raises when the prompt selects nothing
             score, present = self._inside_score(features, logits), True
         else:
-            assert anchor is not None
-            score = float(torch.sigmoid(embedding.float() @ anchor.pooled_pos[0, 0].float()))
+            assert slot.anchor is not None
+            score = float(torch.sigmoid(embedding.float() @ slot.anchor.pooled_pos[0, 0].float()))
             present = score >= self.absent_threshold and bool((self._in_image(features, logits) > 0).any())
-        self._tracks[slot.object_id] = TrackState(slot.object_id, slot.query_indices, anchor,
-                                                  logits if present else None)
-        return _Outcome(score=score, logits=logits if present else None)
+        memory = logits if present else None
+        return _Outcome(score=score, logits=memory), memory
 
     # ------------------------------------------------------------------------------------------------ output
     def _results(self, features: ImageFeatures, outcomes: Mapping[int, _Outcome]) -> dict[int, ObjectResult]:
@@ -353,6 +363,43 @@ class SeemEngine(Engine):
         """sigmoid of the mean logit inside the mask: how sure the model is of the mask it drew."""
         inside = self._in_image(features, logits).float()
         return float(torch.sigmoid(inside[inside > 0].mean())) if bool((inside > 0).any()) else 0.0
+
+
+class SeemPropagation(Propagation):
+    """One sweep: each object's memory (its mask logits on the previous frame of the sweep, None while lost).
+
+    Each followed object is decoded with the tokens of its anchor nearest in time and its memory; objects seeded on
+    a frame take their given mask, which becomes their memory. :attr:`tracks` holds the objects after the last step.
+    """
+
+    def __init__(self, engine: SeemEngine) -> None:
+        self._engine = engine
+        self.tracks: dict[int, TrackState] = {}
+
+    @torch.inference_mode()
+    def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
+             seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
+        engine = self._engine
+        features = engine._features(frame)
+        outcomes: dict[int, _Outcome] = {}
+        tracks: dict[int, TrackState] = {}
+        for object_id, state in objects.items():
+            assert isinstance(state, SeemObject)
+            if not state.anchors:  # prompted only where it is absent: nothing to follow
+                outcomes[object_id] = _Outcome(score=0.0)
+                continue
+            memory = self.tracks[object_id].memory if object_id in self.tracks else None
+            if object_id in seeds:
+                seed = seeds[object_id]
+                memory = engine._mask_logits(features, seed) if seed.any() else None
+                outcomes[object_id] = _Outcome(score=float(seed.any()), user_mask=seed if seed.any() else None)
+            tracks[object_id] = TrackState(object_id, state.query_indices, state.anchor_near(frame.index), memory)
+        slots = engine._propagation_slots(features, [t for i, t in tracks.items() if i not in seeds])
+        for slot, (logits, embedding) in zip(slots, engine._decode(features, slots)):
+            outcomes[slot.object_id], tracks[slot.object_id].memory = engine._update(features, slot, logits,
+                                                                                     embedding)
+        self.tracks = tracks
+        return engine._results(features, outcomes)
 
 
 # ---------------------------------------------------------------------------------------------------- weights
