@@ -357,11 +357,17 @@ class PublishedResults(ResultStore):
         if index in self._computed:
             return self._own.get(index)
         record = self._load(index)
-        if record is None:
-            return None
-        masks = {o["object_id"]: decode_rle(o["rle"]) for o in record["objects"]}
+        return self.stored_frame(record["objects"], record["revision"]) if record is not None else None
+
+    def stored_frame(self, objects: list[dict[str, Any]], revision: int) -> StoredFrame:
+        """A frame's published objects (COCO RLE records) as the library stores them."""
+        masks = {o["object_id"]: decode_rle(o["rle"]) for o in objects}
         labels = labels_from_masks(masks, self._info.height, self._info.width)
-        return StoredFrame(record["revision"], labels, {o["object_id"]: o["score"] for o in record["objects"]})
+        return StoredFrame(revision, labels, {o["object_id"]: o["score"] for o in objects})
+
+    def forget_computed(self) -> None:
+        """Read every frame from the published records again (after a replay, they are the latest)."""
+        self._computed.clear()
 
     def put(self, index: int, frame: StoredFrame) -> None:
         self._own.put(index, frame)
@@ -629,7 +635,10 @@ class SessionServer:
         library = Session(engine, open_video(path), results)
         entries = self.store.read_log(record.id)
         for entry in entries:
+            if entry["op"] == "prompt":  # the prompt meets its frame as it was then, so it gives the same masks
+                results.put(entry["args"]["frame_index"], results.stored_frame(entry["before"], 0))
             _apply(library, entry["op"], entry["args"])
+        results.forget_computed()
         if entries:
             log.info("session %s rebuilt on %s from %d logged changes", record.id, self.name, len(entries))
         return LiveSession(record, library, len(entries), {e["id"] for e in entries})

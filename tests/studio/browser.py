@@ -77,7 +77,25 @@ def click_video(driver: Any, x: float, y: float, right: bool = False) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
+    offset = _stage_offset(driver, x, y)
+    actions = ActionChains(driver).move_to_element_with_offset(driver.find_element(By.ID, "stage"), *offset)
+    (actions.context_click() if right else actions.click()).perform()
+
+
+def drag_video(driver: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """A real mouse drag on the stage between two video pixels (the page makes a box of it)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    (x0, y0), (x1, y1) = _stage_offset(driver, *start), _stage_offset(driver, *end)
     stage = driver.find_element(By.ID, "stage")
+    (ActionChains(driver).move_to_element_with_offset(stage, x0, y0).click_and_hold()
+     .move_by_offset((x1 - x0) // 2, (y1 - y0) // 2).move_by_offset(x1 - x0 - (x1 - x0) // 2, y1 - y0 - (y1 - y0) // 2)
+     .release().perform())
+
+
+def _stage_offset(driver: Any, x: float, y: float) -> tuple[int, int]:
+    """Video pixel (x, y) as an offset from the stage element's centre, in CSS pixels."""
     offset_x, offset_y = driver.execute_script(
         """const [x, y] = [arguments[0], arguments[1]];
         const video = window.studio.state.session.video;
@@ -85,5 +103,4 @@ def click_video(driver: Any, x: float, y: float, right: bool = False) -> None:
         const stage = document.getElementById('stage').getBoundingClientRect();
         return [frame.left + x * frame.width / video.width - (stage.left + stage.width / 2),
                 frame.top + y * frame.height / video.height - (stage.top + stage.height / 2)];""", x, y)
-    actions = ActionChains(driver).move_to_element_with_offset(stage, round(offset_x), round(offset_y))
-    (actions.context_click() if right else actions.click()).perform()
+    return round(offset_x), round(offset_y)

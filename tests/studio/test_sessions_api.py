@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from studio_helpers import SAMPLE, SAMPLE_MASK, SWAN_POINT, open_session
+from studio_helpers import SAMPLE, SWAN_POINT, open_session
 
 from vos.masks import decode_rle
 
