@@ -39,7 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
+    from workers.core.settings import ServiceSettings
+
+    try:
+        ServiceSettings()  # checked before any child starts: a bad setting stops here with its message
+    except ValidationError as error:
+        print(f"vos serve: invalid settings: {error}", file=sys.stderr)
+        return 2
     with ExitStack() as stack:
         redis_url = (os.environ.get("VOS_REDIS_URL") or os.environ.get("REDIS_URL")
                      or stack.enter_context(embedded_redis(args.redis_dir)))
@@ -47,9 +55,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.storage:
             os.environ["VOS_STORAGE_URL"] = args.storage
         from api.app import create_app, uvicorn_config
-        from workers.core.settings import ServiceSettings
 
-        settings = ServiceSettings()  # checked before any child starts: a bad setting stops here with its message
+        settings = ServiceSettings()
         if not args.no_worker:
             stack.enter_context(_worker(args.queues))
         # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through Python's handler lets the

@@ -2,13 +2,15 @@
 
 They run before FastAPI parses a body, so a request without a valid key is refused before its body is read, a
 declared Content-Length over the limit is refused at once, and a client that stalls while sending a body is cut
-off after ``http_body_timeout_s`` instead of holding a connection for ever.
+off after ``http_body_timeout_s`` (or once it trickles in slower than ``http_min_body_bytes_per_s``) instead of
+holding a connection for ever.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import time
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +27,7 @@ class GuardMiddleware:
         self.api_key = settings.api_key.encode() if settings.api_key else None
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = settings.http_body_timeout_s
+        self.min_rate = settings.http_min_body_bytes_per_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
@@ -53,6 +56,7 @@ class _GuardedRequest:
     def __init__(self, guard: GuardMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
         self.guard, self.scope, self._receive, self._send = guard, scope, receive, send
         self.received = 0
+        self.started_at = time.monotonic()
         self.body_complete = False  # afterwards receive() only waits for a disconnect: no timeout applies
         self.refusal: tuple[int, str] | None = None
         self.started = False
@@ -81,7 +85,17 @@ class _GuardedRequest:
             if self.received > self.guard.max_body_bytes:
                 self.refusal = (413, self.guard._too_large())
                 raise _BodyRefused()
+            self._check_rate()
         return message
+
+    def _check_rate(self) -> None:
+        """A body trickling in (a byte now and then) is cut off once the grace period is over."""
+        elapsed = time.monotonic() - self.started_at
+        if not self.body_complete and elapsed > self.guard.body_timeout_s and \
+                self.received < self.guard.min_rate * elapsed:
+            self.refusal = (408, f"the request body arrives too slowly ({self.received / elapsed:.0f} bytes/s; "
+                                 f"at least {self.guard.min_rate} bytes/s are needed)")
+            raise _BodyRefused()
 
     async def send(self, message: Message) -> None:
         if self.refusal is not None:

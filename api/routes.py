@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from api.deps import ServiceContext, get_context, require_api_key
@@ -69,11 +70,12 @@ async def _form(request: Request, max_field_bytes: int) -> FormData:
         raise UploadError(415, "send the job as multipart/form-data with a 'video' file part and a 'prompts' field")
     try:
         return await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=max_field_bytes)
-    except MultiPartException as error:
-        if "maximum size" in error.message:
+    except (MultiPartException, StarletteHTTPException) as error:  # Starlette wraps the first into the second
+        message = str(getattr(error, "message", None) or getattr(error, "detail", ""))
+        if "maximum size" in message:
             raise UploadError(413, f"a form field ('prompts' or 'options') is larger than {max_field_bytes} bytes; "
                                    "send large masks as file parts") from None
-        raise UploadError(400, f"the multipart body is malformed: {error.message}") from None
+        raise UploadError(400, f"the multipart body is malformed: {message}") from None
 
 
 def _job_request(form: FormData) -> JobRequest:

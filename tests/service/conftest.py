@@ -14,11 +14,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -139,7 +139,8 @@ class Server:
     settings: ServiceSettings
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
+        kwargs.setdefault("timeout", 60.0)
+        return httpx.Client(base_url=self.url, **kwargs)
 
 
 @contextmanager

@@ -11,9 +11,9 @@ import zipfile
 import av
 import httpx
 import numpy as np
+from helpers import DOG_POINT, centroid, finished, read_ndjson, read_sse, submit, wait_for
 from PIL import Image
 
-from helpers import DOG_POINT, centroid, finished, read_ndjson, read_sse, submit, wait_for
 from workers.core.maintenance import cleanup_expired, remove_orphans
 from workers.core.models import JobState, new_job_id
 from workers.core.storage import Storage

@@ -34,6 +34,7 @@ class ServiceSettings(BaseSettings):
     api_key: str | None = None  # when set, /v1 requires the X-API-Key header; an empty value is refused
 
     http_body_timeout_s: float = Field(30.0, gt=0)  # longest wait for the next chunk of a request body
+    http_min_body_bytes_per_s: int = Field(8192, ge=0)  # slower bodies are cut off after http_body_timeout_s
     http_keep_alive_s: float = Field(5.0, gt=0)  # idle keep-alive connections are closed after this long
     http_max_concurrency: int = Field(200, gt=0)  # connections + requests at once; more get a 503
 
