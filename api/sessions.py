@@ -145,6 +145,8 @@ class FrameMasks(BaseModel):
     revision: int = Field(description="the frame's revision: it grows each time the frame's masks change")
     run: str = Field("", description="the propagation that produced it; empty for a prompt")
     objects: list[dict[str, Any]] = Field(description="every object's COCO RLE mask, score, area and bbox")
+    worker_ms: float | None = Field(None, description="time the worker spent applying the change (decoding the "
+                                                      "frame and running the engine)")
 
 
 # ---------------------------------------------------------------------------------------------- endpoints

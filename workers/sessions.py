@@ -513,13 +513,15 @@ class SessionServer:
             return self._published(live.record.id, _frame_of(op, args)) or {}
         frame = _frame_of(op, args)
         before = self._published(live.record.id, frame) if frame is not None else None
+        begin = time.perf_counter()
         changed = _apply(live.library, op, args)
+        worker_ms = round(1000 * (time.perf_counter() - begin), 1)
         self.store.append_log(live.record.id, {"id": command["id"], "op": op, "args": args,
                                                "before": before["objects"] if before else []})
         live.applied += 1
         live.request_ids.add(command["id"])
         published = [self._publish(live, live.library.result(index, with_image=False)) for index in changed]
-        return published[0] if frame is not None else {"changed": changed}
+        return {**published[0], "worker_ms": worker_ms} if frame is not None else {"changed": changed}
 
     def _publish(self, live: LiveSession, result: FrameResult, run_id: str = "") -> dict[str, Any]:
         """Publish a frame as its next revision and keep it in storage (where exports and rebuilds read it)."""

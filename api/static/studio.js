@@ -16,7 +16,9 @@ const state = {
   run: null, // {id, total, done, startedAt}
   playing: null,
   tracked: false, // a propagation ran: a later correction offers "re-track from here"
-  lastLatencyMs: null,
+  lastLatencyMs: null, // from the release of the mouse button to the mask drawn on screen
+  lastRequestMs: null, // of which the prompt request took this long
+  lastWorkerMs: null, // of which the worker took this long (frame decoding and the engine)
   latencies: [],
   errors: [],
 };
@@ -388,12 +390,14 @@ function videoPoint(event) {
 async function sendPrompt(prompt, startedAt) {
   if (state.selected === null) throw new Error("add an object first (the + Add button)");
   const frame = state.frame;
+  const requestedAt = performance.now();
   const record = await api(sessionPath("/prompts"), {
     method: "POST", json: { object_id: state.selected, frame_index: frame, ...prompt },
   });
-  storeMasks(record);
+  state.lastRequestMs = performance.now() - requestedAt;
+  state.lastWorkerMs = record.worker_ms ?? null;
+  storeMasks(record); // draws it at once (or the live stream already did)
   if (state.frame !== frame) await showFrame(frame);
-  drawMasks();
   drawMarks();
   await new Promise((resolve) => requestAnimationFrame(() => resolve()));
   state.lastLatencyMs = performance.now() - startedAt;

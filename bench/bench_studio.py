@@ -1,0 +1,127 @@
+"""Studio benchmark: time from a click on the page to its mask drawn, measured in headless Chromium.
+
+    python bench/bench_studio.py --clicks 20 [--out studio-latency.json]
+
+Starts ``vos serve`` (API + one worker) on the real Redis (REDIS_URL, default redis://127.0.0.1:6379/11) under a
+private key prefix, opens the page, uploads the shipped sample (854x480, weight-free engine) and clicks on the swan
+on frames spread over the video. The page measures each click itself: from the mouse button's release to the next
+animation frame after the mask was painted (``window.studio.state.latencies``); of that, ``prompt_request_ms`` is
+the prompt request, ``worker_ms`` the worker's decoding and engine time, and ``service_overhead_ms`` the rest of the
+request (HTTP, API, Redis round trips). Target: p50 <= 300 ms on the development machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "studio"))
+
+from browser import chromium, click_video, missing_browser, wait_until  # noqa: E402
+
+from api.cli import free_port  # noqa: E402
+
+SAMPLE = REPO / "samples" / "blackswan.mp4"
+SWAN = (271.0, 319.0)  # the swan's interior on frame 0; it swims slowly, so nearby on every frame
+
+
+def main() -> None:
+    args = _parse_args()
+    reason = missing_browser()
+    if reason:
+        sys.exit(f"cannot run the browser: {reason}")
+    with tempfile.TemporaryDirectory(prefix="vos-bench-studio-") as tmp:
+        prefix = f"vosbench-{uuid.uuid4().hex[:8]}:"
+        port = free_port()
+        server = _serve(Path(tmp), port, prefix, args.redis_url)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}")
+            results = _measure(f"http://127.0.0.1:{port}", args.clicks)
+        finally:
+            server.terminate()
+            server.wait(30)
+            client = redis.Redis.from_url(args.redis_url)
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+    print(json.dumps(results, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clicks", type=int, default=20, help="clicks to time (default 20)")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/11"))
+    parser.add_argument("--out", help="also write the results to this JSON file")
+    return parser.parse_args()
+
+
+def _serve(folder: Path, port: int, prefix: str, redis_url: str) -> subprocess.Popen:
+    env = {**os.environ, "VOS_REDIS_URL": redis_url, "VOS_KEY_PREFIX": prefix}
+    log = (folder / "serve.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "vos.cli", "serve", "--port", str(port), "--storage",
+                             str(folder / "storage"), "--redis-dir", str(folder / "redis")],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _wait_ready(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"vos serve was not ready within {timeout:g} s")
+
+
+def _measure(url: str, clicks: int) -> dict[str, object]:
+    from selenium.webdriver.common.by import By
+
+    with chromium() as driver:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "video-file").send_keys(str(SAMPLE))
+        wait_until(lambda: driver.execute_script("return window.studio.state.session?.id"), 120, "the upload", driver)
+        frames = driver.execute_script("return window.studio.state.session.video.num_frames;")
+        requests, workers = [], []
+        for number in range(clicks):
+            frame = (number * 7) % frames
+            driver.execute_script("""const s = document.getElementById('scrubber'); s.value = arguments[0];
+                                     s.dispatchEvent(new Event('input'));""", frame)
+            wait_until(lambda: driver.execute_script("return document.getElementById('frame').complete;"), 10)
+            click_video(driver, SWAN[0] + (number % 3) * 4, SWAN[1])
+            wait_until(lambda: driver.execute_script("return window.studio.state.latencies.length;") > number, 60,
+                       f"the mask of click {number + 1}", driver)
+            requests.append(driver.execute_script("return window.studio.state.lastRequestMs;"))
+            workers.append(driver.execute_script("return window.studio.state.lastWorkerMs;"))
+        latencies = driver.execute_script("return window.studio.state.latencies;")
+    return {
+        "video": "samples/blackswan.mp4 (854x480)", "engine": "classical", "clicks": clicks,
+        "click_to_mask_ms": _summary(latencies), "prompt_request_ms": _summary(requests),
+        "worker_ms": _summary(workers),
+        "service_overhead_ms": _summary([r - w for r, w in zip(requests, workers)]),
+        "target_p50_ms": 300,
+    }
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50": round(statistics.median(ordered), 1), "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 1),
+            "max": round(ordered[-1], 1), "mean": round(statistics.fmean(ordered), 1)}
+
+
+if __name__ == "__main__":
+    main()
