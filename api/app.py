@@ -25,6 +25,7 @@ from api import routes
 from api.deps import ServiceContext, get_context
 from api.limits import GuardMiddleware
 from api.metrics import LatencyMiddleware, create_registry
+from api.sessions import mount_studio
 from api.streaming import BLOCK_MS
 from api.uploads import UploadError
 from vos.errors import VosError
@@ -69,7 +70,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(routes.router, prefix="/v1")
     _add_error_handlers(app)
     _add_health_routes(app)
-    # Further features mount here, after the routes above (the sessions router and the studio page).
+    mount_studio(app, settings)  # /v1/sessions and the studio page at /, after every route above
     return app
 
 

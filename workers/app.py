@@ -27,8 +27,9 @@ RUN_JOB = "workers.tasks.run_job"
 
 
 def create_celery(settings: ServiceSettings) -> Celery:
-    # Task modules: add "workers.sessions" here in the commit that adds that module (it is not committed yet).
-    app = Celery("seem_vos", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"])
+    # Task modules; workers.sessions also starts the worker's session server (interactive sessions).
+    app = Celery("seem_vos", broker=settings.redis_url, backend=settings.redis_url,
+                 include=["workers.tasks", "workers.sessions"])
     prefix = f"{settings.key_prefix}celery:"
     app.conf.update(
         task_acks_late=True,
