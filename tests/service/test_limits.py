@@ -79,12 +79,13 @@ def test_a_stalled_body_is_cut_off(guarded):
 
 def test_a_trickling_body_is_cut_off(guarded):
     with connect(guarded.url) as sock:
-        sock.sendall(upload_head(10_000, key="s3cret"))
+        sock.sendall(upload_head(10_000, key="s3cret") + b'--x\r\nContent-Disposition: form-data; name="video"; '
+                     b'filename="a.mp4"\r\n\r\n')
         sock.settimeout(0.3)  # well under the 2 s body timeout, so only the rate rule can cut it off
         deadline = time.monotonic() + 20
         answer = b""
         while time.monotonic() < deadline and not answer:
-            sock.sendall(b"-")  # a byte now and then, as in the drill
+            sock.sendall(b"v")  # a byte of the video now and then, as in the drill
             try:
                 answer = sock.recv(65536)
             except TimeoutError:
