@@ -55,6 +55,8 @@ _CORRECTION_REACH = 0.1  # a correction may move the boundary this share of the 
 _CORRECTION_SIDE = 480  # corrections run GrabCut on the crop around the mask downscaled to at most this many pixels
 _CORRECTION_ITERATIONS = 3
 _CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
+_FLOOD_TOLERANCE = 24  # RGB levels a negative click's fill accepts around the clicked colour
+_REJECT_REACH = 2.0  # a negative click's fill stays within this many times its distance to the mask's border
 
 
 @dataclass(frozen=True)
@@ -427,15 +429,26 @@ def _learn_colour_models(state: ClassicalObject) -> None:
 
 
 def _corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
-    """``current`` corrected by the prompt's clicks and strokes: GrabCut started from the current mask, positive
-    seeds sure object and negative ones sure background, free to move the boundary within reach of the mask and of
-    the positive seeds (so a click on a missed part grows the mask into it)."""
+    """``current`` corrected by the prompt's clicks and strokes: positive ones grow it into what they point at,
+    negative ones cut away the part of it they point at."""
     height, width = current.shape
     positive, negative = _seed_masks(prompt, height, width)
+    mask = _grown(image, current, positive, negative) if positive.any() else current.copy()
+    for point in prompt.points:
+        if not point.positive:
+            mask &= ~_pointed_part(image, mask, int(point.x), int(point.y))
+    mask &= ~negative
+    return _overlapping(mask, mask & (current | positive)) if mask.any() else mask
+
+
+def _grown(image: np.ndarray, current: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """GrabCut started from the current mask, positive seeds sure object and negative ones sure background, free
+    to move the boundary within reach of the mask and of the positive seeds (so a click on a missed part grows the
+    mask into it)."""
+    height, width = current.shape
     reach = max(8.0, _CORRECTION_REACH * min(height, width))
-    near = _within(current | positive, reach)
     trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
-    trimap[near] = cv2.GC_PR_BGD
+    trimap[_within(current | positive, reach)] = cv2.GC_PR_BGD
     trimap[current] = cv2.GC_PR_FGD
     trimap[positive] = cv2.GC_FGD
     trimap[negative] = cv2.GC_BGD
@@ -447,14 +460,34 @@ def _corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt
         small_image = cv2.resize(small_image, size, interpolation=cv2.INTER_AREA)
         small_trimap = cv2.resize(small_trimap, size, interpolation=cv2.INTER_NEAREST)
     labels = np.ascontiguousarray(small_trimap)
-    cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
-    cv2.grabCut(cv2.cvtColor(np.ascontiguousarray(small_image), cv2.COLOR_RGB2BGR), labels, None,
-                np.zeros((1, 65)), np.zeros((1, 65)), _CORRECTION_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    if np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():  # GrabCut needs background samples
+        cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
+        cv2.grabCut(cv2.cvtColor(np.ascontiguousarray(small_image), cv2.COLOR_RGB2BGR), labels, None,
+                    np.zeros((1, 65)), np.zeros((1, 65)), _CORRECTION_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     chosen = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
     mask = current.copy()
     mask[crop] = _resize(chosen, (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start)) > 0.5
-    mask = (mask | positive) & ~negative
-    return _overlapping(mask, (current & ~negative) | positive) if mask.any() else mask
+    return (mask | positive) & ~negative
+
+
+def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The part of ``mask`` a negative click at (x, y) rejects: the region around the click coloured like it (a
+    flood fill within the mask), no farther from the click than ``_REJECT_REACH`` times the click's distance to the
+    mask's border: users click in the middle of the wrong part, so that distance tells its size."""
+    height, width = mask.shape
+    if not mask[y, x]:
+        return np.zeros_like(mask)
+    depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
+    reach = np.zeros((height, width), np.uint8)
+    cv2.circle(reach, (x, y), max(2, round(_REJECT_REACH * depth)), 1, -1)
+    blocked = np.ones((height + 2, width + 2), np.uint8)
+    blocked[1:-1, 1:-1][mask & reach.astype(bool)] = 0
+    tolerance = (_FLOOD_TOLERANCE,) * 3
+    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (2 << 8)
+    cv2.floodFill(np.ascontiguousarray(image), blocked, (x, y), 0, tolerance, tolerance, flags)
+    disc = np.zeros((height, width), np.uint8)
+    cv2.circle(disc, (x, y), max(1, round(depth)), 1, -1)  # at least what surely lies in the wrong part
+    return (blocked[1:-1, 1:-1] == 2) | (disc.astype(bool) & mask)
 
 
 def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
