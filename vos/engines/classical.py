@@ -18,8 +18,9 @@ Every frame, at a reduced working resolution:
    contrast-sensitive smoothness snaps the boundary to image edges.
 4. **Sanity checks.** When the cut disagrees strongly with the motion prior (the colours no longer explain the
    object: it turned, or the light changed), the motion prior is kept. Thin parts of the prior (a kite's lines, a
-   bicycle's spokes) are beyond the colour models at working resolution, so the cut neither judges nor removes them. Small detached blobs are dropped, because
-   background dragged along by the flow would otherwise be propagated forever.
+   bicycle's spokes) are beyond the colour models at working resolution, so the cut neither judges nor removes
+   them. Small detached blobs are dropped, because background dragged along by the flow would otherwise be
+   propagated forever.
 
 Only the previous grey frame and each object's mask and colour models are kept. Objects are made exclusive on the
 full-resolution masks: a contested pixel goes to the object whose smoothed mask is higher there. Text and
@@ -38,6 +39,7 @@ from pydantic import Field
 
 from vos.engine import Engine, EngineOptions, ObjectResult, ObjectState, Propagation, VideoFrame
 from vos.engines.initial_mask import initial_mask
+from vos.engines.moving_region import MOTION_FRAMES
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
 
@@ -126,7 +128,9 @@ class ClassicalEngine(Engine):
         assert isinstance(state, ClassicalObject)
         self.check_prompts([prompt])
         if prompt.mask is not None or prompt.box is not None or current is None or not current.any():
-            mask = initial_mask(frame.image, prompt)
+            # The next frames' motion outlines a clicked or boxed object (a mask needs no help).
+            following = frame.following(MOTION_FRAMES) if prompt.mask is None else []
+            mask = initial_mask(frame.image, prompt, following=following)
         else:
             mask = _corrected_mask(frame.image, current, prompt)
         bgr, _ = self._working_images(frame)
@@ -207,7 +211,8 @@ class ClassicalEngine(Engine):
         from_camera = _distance(camera_motion, flow_target)
         distinct = _distance(object_motion, camera_motion) > self.options.flow_tolerance
         with_camera = distinct & (from_camera < _BACKGROUND_TOLERANCE)
-        with_object = (distinct & (deviation <= self.options.flow_tolerance) & (from_camera > self.options.flow_tolerance)
+        tolerance = self.options.flow_tolerance
+        with_object = (distinct & (deviation <= tolerance) & (from_camera > tolerance)
                        & ~prior & _within(prior, 2 * self._reach(prior)))
         ys, xs = np.nonzero(with_object)
         colours = bgr[ys, xs].astype(np.float64)
