@@ -457,8 +457,9 @@ class SessionServer:
             except (redis.RedisError, OSError) as error:
                 log.warning("session janitor failed: %s", error)
 
-    def expire_sessions(self) -> None:
+    def expire_sessions(self, now: float | None = None) -> None:
         """Drop sessions whose record expired or moved away, and files of sessions without a record."""
+        now = time.time() if now is None else now
         with self._lock:
             held = list(self.sessions)
         for session_id in held:
@@ -466,7 +467,7 @@ class SessionServer:
             if record is None or record.worker != self.name:
                 self._forget(session_id)
         for session_id in self.storage.job_ids():
-            if self.store.get(session_id) is None and self.storage.modified(session_id) < time.time() - 60:
+            if self.store.get(session_id) is None and self.storage.modified(session_id) < now - 60:
                 self.storage.remove_job(session_id)  # 60 s: a session being created has files before its record
 
     # ------------------------------------------------------------------ commands

@@ -332,3 +332,53 @@ def test_deleted_session_is_gone_with_its_files(client: httpx.Client, server: An
     import os
 
     assert not os.path.exists(folder)
+
+
+def test_idle_session_expires_and_its_files_go(client: httpx.Client, server: Any) -> None:
+    from workers.sessions import SessionServer, SessionSettings, SessionStore, get_session_settings
+
+    session = open_session(client)
+    sid = session["id"]
+    prompt(client, sid, object_id=1, frame_index=0, points=click(*SWAN_POINT))
+    SessionStore(server.settings, SessionSettings(idle_s=1)).touch(sid)  # as if idle for its whole idle time
+    time.sleep(2.5)
+    response = client.post(f"/v1/sessions/{sid}/prompts", json={"object_id": 1, "frame_index": 0,
+                                                               "points": click(*SWAN_POINT)})
+    assert response.status_code == 404 and "expired" in response.json()["detail"]
+    janitor = SessionServer(server.settings, get_session_settings())
+    assert janitor.storage.exists(janitor.storage.path(sid))
+    janitor.expire_sessions(now=time.time() + 120)  # files of a session without a record, once past the grace
+    assert not janitor.storage.exists(janitor.storage.path(sid))
+
+
+def test_sse_ids_resume_with_last_event_id(client: httpx.Client, session: dict[str, Any]) -> None:
+    sid = session["id"]
+    prompt(client, sid, object_id=1, frame_index=0, points=click(*SWAN_POINT))
+    run = propagate(client, sid, 0, "forward")
+
+    def read(headers: dict[str, str], limit: int | None) -> list[tuple[str, str, dict[str, Any]]]:
+        read_events, event = [], {}
+        url = f"/v1/sessions/{sid}/events?until_run={run['id']}"
+        with client.stream("GET", url, headers=headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    continue
+                if line:
+                    name, _, value = line.partition(":")
+                    event[name] = value.strip()
+                    continue
+                if event:
+                    read_events.append((event["event"], event.get("id", ""), json.loads(event["data"])))
+                    event = {}
+                    if limit is not None and len(read_events) >= limit:
+                        break
+        return read_events
+
+    first = read({}, limit=5)
+    rest = read({"Last-Event-ID": first[-1][1]}, limit=None)
+    ids = [i for _, i, _ in first + rest]
+    assert len(ids) == len(set(ids)) and all(i for i in ids)
+    frames = [data["frame"] for name, _, data in first + rest if name == "frame"]
+    assert frames == list(range(0, 50))  # the prompt's revision of frame 0, then frames 1..49 once each
+    assert rest[-1][0] == "run" and rest[-1][2]["state"] == "done"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,54 @@ def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, 
     assert len(names) == 50 and names[0].endswith(".png")
     labels = np.array(Image.open(archive.open(names[0])))
     assert iou(labels == 1, first) > 0.99 and iou(labels == 1, truth(0)) > 0.6
+
+
+def test_keys_brush_objects_and_undo(server: Any, artifacts: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    with chromium() as driver:
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "video-file").send_keys(str(SAMPLE))
+        wait_until(lambda: driver.execute_script("return window.studio.state.session?.id"), 60, "the upload", driver)
+        stage = driver.find_element(By.ID, "stage")
+        frame = lambda: driver.execute_script("return window.studio.state.frame;")  # noqa: E731
+        stage.send_keys(Keys.ARROW_RIGHT)
+        assert wait_until(lambda: frame() == 1, 5, "the arrow key")
+        stage.send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)
+        assert wait_until(lambda: frame() == 11, 5, "Shift+arrow")
+        stage.send_keys(Keys.ARROW_LEFT)
+        assert wait_until(lambda: frame() == 10, 5, "the left arrow")
+
+        driver.find_element(By.ID, "add-object").click()
+        selected = lambda: driver.execute_script("return window.studio.state.selected;")  # noqa: E731
+        assert selected() == 2
+        stage.send_keys("1")
+        assert selected() == 1
+        stage.send_keys("2")
+        assert selected() == 2
+
+        stage.send_keys("b")
+        assert driver.execute_script("return document.querySelector('input[name=tool]:checked').value;") == "brush"
+        drag_video(driver, (230.0, 330.0), (330.0, 300.0))
+        wait_until(lambda: revision(driver, 10) >= 1, 30, "the scribble's mask", driver)
+        scribbled = mask(driver, 10, 2)
+        assert scribbled is not None and scribbled[315, 280]  # the stroke's middle is in object 2's mask
+        driver.save_screenshot(str(artifacts / "8-brush.png"))
+
+        stage.send_keys("z")
+        wait_until(lambda: revision(driver, 10) >= 2, 30, "the undo", driver)
+        undone = mask(driver, 10, 2)
+        assert undone is None or not undone.any()
+
+        stage.send_keys(Keys.SPACE)
+        assert wait_until(lambda: frame() >= 13, 10, "playing")
+        stage.send_keys(Keys.SPACE)
+        stopped_at = frame()
+        time.sleep(0.5)
+        assert frame() == stopped_at
+
+        driver.find_element(By.CSS_SELECTOR, "#objects li[data-id='2'] button").click()
+        wait_until(lambda: driver.execute_script("return window.studio.state.objects.length;") == 1, 10,
+                   "the object's removal", driver)
+        assert not driver.execute_script("return window.studio.state.errors;")
