@@ -70,7 +70,7 @@ def test_reference_batch_must_match(seem_tiny_model: SeemModel, seem_tiny_featur
                                     seem_tiny_io: dict) -> None:
     with torch.no_grad():
         tokens = seem_tiny_model.encode_reference(seem_tiny_features, seem_tiny_io["inputs/stroke_mask"])
-        with pytest.raises(PromptError):
+        with pytest.raises(ValueError):
             seem_tiny_model.decode_prompt(seem_tiny_features, tokens, prev_mask=torch.zeros(2, 1, 64, 80))
         with pytest.raises(PromptError):
             seem_tiny_model.encode_reference(seem_tiny_features, torch.zeros(1, 256, 320, dtype=torch.bool))

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vos.errors import PromptError
 from vos.seem.config import DecoderConfig
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,7 +241,7 @@ class PromptTokens:
         must have the same batch size and object count (object indices are kept).
         """
         if extra.batch_size != self.batch_size or extra.num_objects != self.num_objects:
-            raise PromptError("prompt tokens to combine must agree in batch size and object count")
+            raise ValueError("prompt tokens to combine must agree in batch size and object count")
         tokens = tuple(torch.cat([a, b.to(a.dtype)], dim=1) for a, b in zip(self.level_tokens, extra.level_tokens))
         padding = tuple(torch.cat([a, b], dim=1) for a, b in zip(self.level_padding, extra.level_padding))
         obj = tuple(torch.cat([a, b], dim=1) for a, b in zip(self.level_object_index, extra.level_object_index))
@@ -437,11 +436,11 @@ class SeemDecoder(nn.Module):
         if neg_masks is None:
             neg_masks = [torch.zeros_like(m, dtype=torch.bool) for m in pos_masks]
         if len(pos_masks) != len(neg_masks):
-            raise PromptError("positive and negative prompt masks differ in batch size")
+            raise ValueError("positive and negative prompt masks differ in batch size")
         batch = len(pos_masks)
         feat_batch = mask_features.shape[0]
         if feat_batch not in (1, batch):
-            raise PromptError(f"features have batch {feat_batch}, prompts have batch {batch}")
+            raise ValueError(f"features have batch {feat_batch}, prompts have batch {batch}")
         srcs, _, sizes = self._prepare_levels(multi_scale_features)
         budgets = self.config.max_spatial_len
         if generator is None or isinstance(generator, torch.Generator):
@@ -449,7 +448,7 @@ class SeemDecoder(nn.Module):
         else:
             generators = list(generator)
             if len(generators) != batch:
-                raise PromptError(f"{len(generators)} generators given for a batch of {batch}")
+                raise ValueError(f"{len(generators)} generators given for a batch of {batch}")
 
         pooled_pos, pooled_neg = [], []
         for b in range(batch):
@@ -540,14 +539,14 @@ class SeemDecoder(nn.Module):
         memory_rows = None
         if prompt is not None:
             if prompt.batch_size != batch:
-                raise PromptError(f"prompt tokens have batch {prompt.batch_size}, decoder batch is {batch}")
+                raise ValueError(f"prompt tokens have batch {prompt.batch_size}, decoder batch is {batch}")
             query_indices = self._spatial_query_indices(prompt.num_objects, batch, query_indices, generator)
             state.add_query("spatial", self.query_feat.weight[query_indices], self.query_embed.weight[query_indices])
             if prev_mask is not None:
                 state.add_query("memory", self.spatial_featured.weight, self.spatial_embed.weight)
                 memory_rows = _MemoryMask(prev_mask, self.config.spatial_memories, memory_assignment, generator)
         elif prev_mask is not None:
-            raise PromptError("prev_mask (memory prompt) needs a spatial prompt")
+            raise ValueError("prev_mask (memory prompt) needs a spatial prompt")
         state.cast(dtype)
         if grounding is not None:
             tokens = grounding.tokens.to(dtype)
@@ -556,7 +555,7 @@ class SeemDecoder(nn.Module):
             state.grounding_padding = grounding.padding
 
         if not state.order:
-            raise PromptError("nothing to decode: no object queries, prompt or grounding tokens")
+            raise ValueError("nothing to decode: no object queries, prompt or grounding tokens")
         predictions = []
         pred = self._predict(state, mask_features, sizes[0], prompt, with_class_logits)
         predictions.append(pred)
@@ -580,7 +579,7 @@ class SeemDecoder(nn.Module):
             if b is not None:
                 candidates.add(b)
         if len(candidates) > 1:
-            raise PromptError(f"inconsistent batch sizes {sorted(candidates)} (features may have batch 1)")
+            raise ValueError(f"inconsistent batch sizes {sorted(candidates)} (features may have batch 1)")
         return candidates.pop() if candidates else 1
 
     def _spatial_query_indices(self, num_objects: int, batch: int, query_indices: Tensor | None,
@@ -595,10 +594,10 @@ class SeemDecoder(nn.Module):
                                           device=gen_device)
         query_indices = torch.as_tensor(query_indices, dtype=torch.long).to(device)
         if query_indices.shape not in ((count,), (batch, count)):
-            raise PromptError(f"spatial query indices must have shape [{count}] or [{batch}, {count}], "
+            raise ValueError(f"spatial query indices must have shape [{count}] or [{batch}, {count}], "
                               f"got {tuple(query_indices.shape)}")
         if bool((query_indices < 0).any()) or bool((query_indices >= self.config.num_queries).any()):
-            raise PromptError("spatial query indices out of range")
+            raise ValueError("spatial query indices out of range")
         return query_indices
 
     # ------------------------------------------------------------------------------------------------------
@@ -773,7 +772,7 @@ class _MemoryMask:
     def __init__(self, prev_mask: Tensor, num_memories: int, assignment: Tensor | None,
                  generator: torch.Generator | None) -> None:
         if prev_mask.dim() != 4:
-            raise PromptError(f"prev_mask must be [B, objects, h, w] logits, got shape {tuple(prev_mask.shape)}")
+            raise ValueError(f"prev_mask must be [B, objects, h, w] logits, got shape {tuple(prev_mask.shape)}")
         self.prev_mask = prev_mask
         self.num_memories = num_memories
         self.fixed = None if assignment is None else torch.as_tensor(assignment, dtype=torch.long).reshape(-1)
@@ -782,9 +781,9 @@ class _MemoryMask:
         self.history: list[Tensor] = []
         objects = prev_mask.shape[1]
         if objects > num_memories:
-            raise PromptError(f"at most {num_memories} objects per batch element can use the memory prompt")
+            raise ValueError(f"at most {num_memories} objects per batch element can use the memory prompt")
         if self.fixed is not None and (self.fixed.numel() != num_memories or int(self.fixed.max()) >= objects):
-            raise PromptError("memory_assignment must hold one valid object index per memory slot")
+            raise ValueError("memory_assignment must hold one valid object index per memory slot")
 
     def _draw(self) -> Tensor:
         objects = self.prev_mask.shape[1]
@@ -884,7 +883,7 @@ def select_spatial_masks(pred: Prediction, queries_per_object: int = 3) -> Spati
     """Official ``update_spatial_results``: per object, the spatial query whose mask embedding has the largest
     dot product with the pooled positive prompt vector; ties resolve to the first index (torch argmax)."""
     if pred.spatial_masks is None or pred.pooled_pos is None or pred.spatial_mask_embeddings is None:
-        raise PromptError("the decoder output has no spatial predictions")
+        raise ValueError("the decoder output has no spatial predictions")
     v, s = pred.spatial_mask_embeddings, pred.pooled_pos
     num_obj = s.shape[1]
     score = torch.einsum("bjc,bnc->bjn", v.float(), s.float())  # [B, 3mb, mb]

@@ -249,14 +249,14 @@ class SeemModel(nn.Module):
         if m.dim() == 2:
             m = m[None]
         if m.dim() != 3:
-            raise PromptError(f"prompt masks must be [N, H, W] or [H, W], got shape {tuple(m.shape)}")
+            raise ValueError(f"prompt masks must be [N, H, W] or [H, W], got shape {tuple(m.shape)}")
         m = m.to(self.device) != 0
         size = tuple(m.shape[-2:])
         if size == features.padded_size:
             return m
         if size != features.image_size:
             if size != features.original_size:
-                raise PromptError(f"prompt mask size {size} matches neither the image {features.original_size}, the "
+                raise ValueError(f"prompt mask size {size} matches neither the image {features.original_size}, the "
                                   f"resized image {features.image_size} nor the padded input {features.padded_size}")
             m = resize_prompt_mask(m, features.image_size)
         return pad_to_multiple(m, self.config.size_divisibility, value=False)
@@ -274,7 +274,7 @@ class SeemModel(nn.Module):
         pos = self.prompt_masks(features, positive)
         neg = torch.zeros_like(pos) if negative is None else self.prompt_masks(features, negative)
         if neg.shape != pos.shape:
-            raise PromptError(f"negative masks {tuple(neg.shape)} do not match positive masks {tuple(pos.shape)}")
+            raise ValueError(f"negative masks {tuple(neg.shape)} do not match positive masks {tuple(pos.shape)}")
         empty = [i for i in range(pos.shape[0]) if not bool(pos[i].any())]
         if empty:
             raise PromptError(f"positive prompt of object(s) {empty} is empty")
@@ -308,7 +308,7 @@ class SeemModel(nn.Module):
         if prev_mask is not None:
             prev = prev_mask if prev_mask.dim() == 4 else prev_mask[:, None]
             if prev.shape[:2] != (prompt.batch_size, prompt.num_objects):
-                raise PromptError(f"prev_mask has shape {tuple(prev_mask.shape)}, expected [{prompt.batch_size}, h, w]")
+                raise ValueError(f"prev_mask has shape {tuple(prev_mask.shape)}, expected [{prompt.batch_size}, h, w]")
             prev = prev.to(device=self.device)
         out = self.predictor(features.multi_scale, features.mask_features, prompt=prompt, prev_mask=prev,
                              query_indices=query_indices, generator=generator,
@@ -479,7 +479,7 @@ def prev_mask_from_binary(masks: MaskInput, features: ImageFeatures, logit: floa
         m = resize_prompt_mask(m, features.image_size)
     if tuple(m.shape[-2:]) != features.padded_size:
         if tuple(m.shape[-2:]) != features.image_size:
-            raise PromptError(f"mask size {size} does not match the image of these features")
+            raise ValueError(f"mask size {size} does not match the image of these features")
         pad_h, pad_w = features.padded_size[0] - m.shape[-2], features.padded_size[1] - m.shape[-1]
         m = F.pad(m, (0, pad_w, 0, pad_h), value=False)  # bottom/right, like the image
     frac = F.adaptive_avg_pool2d(m[:, None].float(), features.mask_size)
@@ -495,10 +495,10 @@ def _copy_generator(generator: torch.Generator) -> torch.Generator:
 def _image_tensor(image: ImageInput) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
-            raise PromptError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
+            raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if not isinstance(image, Tensor) or image.dim() not in (3, 4) or image.shape[-3] != 3:
-        raise PromptError("expected an RGB image: H x W x 3 numpy array or [3, H, W] / [B, 3, H, W] tensor")
+        raise ValueError("expected an RGB image: H x W x 3 numpy array or [3, H, W] / [B, 3, H, W] tensor")
     return image
 
 
