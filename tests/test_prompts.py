@@ -104,8 +104,10 @@ def test_prompts_that_do_not_fit_the_video(prompt: ObjectPrompt, message: str) -
 
 
 def test_duplicate_object_ids_and_no_prompts() -> None:
-    with pytest.raises(PromptError, match="prompted twice"):
+    with pytest.raises(PromptError, match="prompted twice on frame 0"):
         validate_prompts([ObjectPrompt(object_id=2, text="a"), ObjectPrompt(object_id=2, text="b")], W, H)
+    # one object on several frames is fine
+    validate_prompts([ObjectPrompt(object_id=2, text="a"), ObjectPrompt(object_id=2, frame_index=4, text="b")], W, H)
     with pytest.raises(PromptError, match="no prompts"):
         validate_prompts([], W, H)
 
@@ -115,3 +117,10 @@ def test_davis_ground_truth_as_png_file_prompt(davis16_root: Path) -> None:
     (prompt,) = parse_prompts([{"object_id": 1, "mask": {"file": "gt"}}], {"gt": png}.__getitem__)
     assert prompt.mask.shape == (480, 854) and prompt.mask.sum() > 10_000
     validate_prompts([prompt], 854, 480, num_frames=50)
+
+
+@pytest.mark.parametrize("width", ["Infinity", "NaN", 1e30, 0, -3])
+def test_absurd_scribble_widths_are_refused(width) -> None:
+    raw = [{"object_id": 1, "scribbles": [{"lines": [[[1, 1], [5, 5]]], "width": width}]}]
+    with pytest.raises(PromptError, match=r"scribbles\.0\.width"):
+        parse_prompts(raw)

@@ -43,6 +43,17 @@ def test_track_two_objects_from_a_click_and_a_scribble(tmp_path: Path) -> None:
     assert (labels == 2).sum() > 2000  # the stroke grew into a region of the wall
 
 
+def test_track_prompts_on_a_later_frame_fill_the_frames_before(tmp_path: Path) -> None:
+    # The frame-0 mask given on frame 10 (the swan barely moves): frames 0-9 come from backward propagation.
+    code = main(["track", str(SAMPLE), "--frame", "10", "--mask", str(SAMPLE_MASK), "--out", str(tmp_path),
+                 "--no-overlay"])
+    assert code == 0
+    prompt = read_label_png(SAMPLE_MASK) > 0
+    assert np.array_equal(read_label_png(tmp_path / "masks" / "00010.png") == 1, prompt)
+    first = read_label_png(tmp_path / "masks" / "00000.png") == 1
+    assert np.logical_and(prompt, first).sum() / np.logical_or(prompt, first).sum() > 0.7
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -54,6 +65,10 @@ def test_track_two_objects_from_a_click_and_a_scribble(tmp_path: Path) -> None:
         ([str(SAMPLE), "--mask", "/no/such/mask.png"], "cannot read /no/such/mask.png"),
         ([str(SAMPLE), "--text", "a black swan"], "need the 'seem' engine"),
         ([str(SAMPLE), "--point", "1,1", "--engine", "classical", "--weights", "x.pt"], "has no option weights"),
+        ([str(SAMPLE), "--frame", "50", "--point", "1,1"], "prompted on frame 50, but the video has 50 frames"),
+        ([str(SAMPLE), "--frame", "-1", "--point", "1,1"], "--frame must be 0 or more"),
+        ([str(SAMPLE), "--point", "1,1", "--band", "inf"], "option band: Input should be a finite number"),
+        ([str(SAMPLE), "--scribble", "1,1;5,5", "--scribble-width", "1e30"], "Input should be less than or equal"),
     ],
 )
 def test_track_bad_input_exits_2_with_a_message(arguments: list[str], message: str, tmp_path: Path,

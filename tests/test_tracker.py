@@ -62,7 +62,8 @@ def _box_mask(x0: int, x1: int) -> np.ndarray:
 
 
 def test_objects_join_on_their_prompt_frame(swan_video) -> None:
-    prompts = [ObjectPrompt(object_id=1, mask=_box_mask(0, 50)), ObjectPrompt(object_id=2, frame_index=3, mask=_box_mask(300, 350))]
+    prompts = [ObjectPrompt(object_id=1, mask=_box_mask(0, 50)),
+               ObjectPrompt(object_id=2, frame_index=3, mask=_box_mask(300, 350))]
     results = list(track(swan_video, RepeatMaskEngine(), prompts, backfill=False))
     assert [r.index for r in results] == list(range(50))
     assert [sorted(r.objects) for r in results[:4]] == [[1], [1], [1], [1, 2]]
@@ -74,11 +75,14 @@ def test_objects_join_on_their_prompt_frame(swan_video) -> None:
     assert results[10].label_map()[150, 320] == 2 and results[10].image.shape == (480, 854, 3)
 
 
-def test_frames_before_the_first_prompt_have_no_objects(swan_video) -> None:
+def test_frames_before_the_first_prompt_are_back_filled_unless_asked_not_to(swan_video) -> None:
     engine = RepeatMaskEngine()
-    results = list(track(swan_video, engine, [ObjectPrompt(object_id=4, frame_index=5, mask=_box_mask(0, 50))]))
+    prompts = [ObjectPrompt(object_id=4, frame_index=5, mask=_box_mask(0, 50))]
+    results = list(track(swan_video, engine, prompts, backfill=False))
     assert all(not r.objects for r in results[:5]) and results[5].objects
     assert engine.frames_seen == 45  # the engine is not run before it has anything to track
+    filled = list(track(swan_video, engine, prompts))
+    assert [r.index for r in filled] == list(range(50)) and all(4 in r.objects for r in filled)
 
 
 def test_overlapping_claims_resolve_to_one_object_per_pixel(swan_video) -> None:

@@ -112,23 +112,34 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 class _PromptItem(argparse.Action):
     """Collects prompt options in command-line order, so ``--object`` can start a new object."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
+                 option: str | None = None) -> None:
         items = getattr(namespace, "prompt_items", None) or []
         items.append((self.dest, value))
         namespace.prompt_items = items
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    """The repeatable prompt options shared by ``vos track`` and ``vos submit``; read them with :func:`prompts_from_args`."""
-    prompts = parser.add_argument_group("prompts (repeatable, in order; --object ID starts another object, default id 1)")
-    prompts.add_argument("--object", dest="object", type=int, action=_PromptItem, metavar="ID", help="start the prompts of object ID")
-    prompts.add_argument("--mask", dest="mask", action=_PromptItem, metavar="PNG", help="mask PNG of the object (non-zero = object)")
+    """The repeatable prompt options shared by ``vos track`` and ``vos submit``; read them with
+    :func:`prompts_from_args`."""
+    prompts = parser.add_argument_group(
+        "prompts (repeatable, in order; --object ID starts another object, default id 1; --frame N puts the prompts "
+        "that follow on frame N, default 0)")
+    prompts.add_argument("--object", dest="object", type=int, action=_PromptItem, metavar="ID",
+                         help="start the prompts of object ID")
+    prompts.add_argument("--frame", dest="frame", type=int, action=_PromptItem, metavar="N",
+                         help="the frame (0-based) the prompts that follow are on; an object may be prompted on "
+                              "several frames")
+    prompts.add_argument("--mask", dest="mask", action=_PromptItem, metavar="PNG",
+                         help="mask PNG of the object (non-zero = object)")
     prompts.add_argument("--label-map", dest="label_map", action=_PromptItem, metavar="PNG",
                          help="indexed PNG with one object per palette index (a DAVIS first-frame annotation)")
     prompts.add_argument("--point", dest="point", action=_PromptItem, metavar="X,Y", help="positive click")
-    prompts.add_argument("--negative", dest="negative", action=_PromptItem, metavar="X,Y", help="negative (background) click")
+    prompts.add_argument("--negative", dest="negative", action=_PromptItem, metavar="X,Y",
+                         help="negative (background) click")
     prompts.add_argument("--box", dest="box", action=_PromptItem, metavar="X0,Y0,X1,Y1", help="bounding box")
-    prompts.add_argument("--scribble", dest="scribble", action=_PromptItem, metavar="X,Y;X,Y;...", help="polyline stroke on the object")
+    prompts.add_argument("--scribble", dest="scribble", action=_PromptItem, metavar="X,Y;X,Y;...",
+                         help="polyline stroke on the object")
     prompts.add_argument("--text", dest="text", action=_PromptItem, metavar="PHRASE", help="text phrase (SEEM engine)")
     prompts.add_argument("--reference", dest="reference", action=_PromptItem, metavar="IMAGE:MASK",
                          help="reference image and its object mask (SEEM engine)")
@@ -138,7 +149,7 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _register_track(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "track", help="segment prompted objects on the first frame and track them through a video")
+        "track", help="segment prompted objects on their frames and track them through the whole video")
     parser.add_argument("video", help="video file (mp4, mov, mkv, webm) or folder of JPEG/PNG frames")
     add_prompt_arguments(parser)
     add_engine_arguments(parser)
@@ -157,27 +168,31 @@ def run_track(args: argparse.Namespace) -> int:
             for result in results:
                 writer.write(result)
                 progress.update(1)
-    print(f"wrote {video.info.num_frames} frames of masks for {len(prompts)} object(s) to {args.out}")
+    objects = len({p.object_id for p in prompts})
+    print(f"wrote {video.info.num_frames} frames of masks for {objects} object(s) to {args.out}")
     return 0
 
 
 def prompts_from_args(items: Sequence[tuple[str, Any]], scribble_width: float) -> list[ObjectPrompt]:
-    """Group ordered prompt options into one :class:`ObjectPrompt` per object."""
-    objects: dict[int, dict[str, Any]] = {}
-    current = 1
+    """Group ordered prompt options into one :class:`ObjectPrompt` per object and frame."""
+    prompts: dict[tuple[int, int], dict[str, Any]] = {}
+    current, frame = 1, 0
     for kind, value in items:
         if kind == "object":
             current = value
-            objects.setdefault(current, {})
+        elif kind == "frame":
+            if value < 0:
+                raise PromptError(f"--frame must be 0 or more, got {value}")
+            frame = value
         elif kind == "label_map":
             for object_id, mask in _split_label_map(value).items():
-                objects.setdefault(object_id, {})["mask"] = mask
+                prompts.setdefault((object_id, frame), {})["mask"] = mask
         else:
-            _add_prompt(objects.setdefault(current, {}), kind, value, scribble_width)
-    if not objects:
+            _add_prompt(prompts.setdefault((current, frame), {}), kind, value, scribble_width)
+    if not prompts:
         raise PromptError("no prompt given: use --point, --box, --mask, --label-map, --scribble, --text or --reference")
     try:
-        return [ObjectPrompt(object_id=i, **fields) for i, fields in objects.items()]
+        return [ObjectPrompt(object_id=i, frame_index=t, **fields) for (i, t), fields in prompts.items()]
     except ValueError as error:
         raise PromptError(str(error)) from error
 
@@ -200,7 +215,8 @@ def _add_prompt(fields: dict[str, Any], kind: str, value: str, scribble_width: f
         image_path, _, mask_path = value.rpartition(":")
         if not image_path:
             raise PromptError(f"--reference needs IMAGE:MASK, got {value!r}")
-        fields["reference"] = Reference(image=_read_reference_image(image_path), mask=mask_from_png_bytes(_read_bytes(mask_path)))
+        fields["reference"] = Reference(image=_read_reference_image(image_path),
+                                        mask=mask_from_png_bytes(_read_bytes(mask_path)))
 
 
 def _read_reference_image(path: str) -> np.ndarray:

@@ -31,9 +31,9 @@ def track(
     Prompts are checked against the video and the engine before any frame is decoded; an object may be prompted
     on several frames (at most one prompt per object and frame). The session gets every prompt on its frame, then:
 
-    1. with ``backfill``, each object that joins after the earliest prompted frame is propagated backward from its
-       first prompted frame, so no frame before its prompt is left without it (not yielded yet);
-    2. frames before the earliest prompted frame are yielded without objects;
+    1. with ``backfill``, each object first prompted after frame 0 is propagated backward from its first prompted
+       frame, so no frame before its prompt is left without it (nothing is yielded yet);
+    2. frames before the earliest prompted frame are yielded (without objects when not back-filled);
     3. the objects are propagated forward from the earliest prompted frame to the end, each joining on its first
        prompted frame and restarting from each of its later ones.
 
@@ -56,7 +56,7 @@ def _run(session: Session, prompts: Sequence[ObjectPrompt], should_stop: Callabl
         earliest = min(firsts.values())
         if backfill:
             for object_id, first in sorted(firsts.items()):
-                if first > earliest:
+                if first > 0:
                     for _ in session.propagate(first, "backward", [object_id], should_stop=should_stop):
                         pass
         for index in range(earliest):
