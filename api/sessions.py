@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -43,6 +44,7 @@ from api.schemas import Problem, VideoMeta
 from api.uploads import _container, _probe, _store_video
 from vos.engine import check_engine_options, engine_class
 from vos.errors import PromptError
+from vos.masks import MAX_OBJECT_ID
 from vos.prompts import parse_prompts, validate_prompts
 from vos.video import VideoInfo
 from workers.core.models import RESULT_FILES, new_job_id
@@ -77,6 +79,7 @@ class Sessions:
         self.store = SessionStore(settings, session_settings)
         self.storage = session_storage(settings, session_settings)
         self._readers: OrderedDict[str, FrameReader] = OrderedDict()
+        self._readers_lock = threading.Lock()  # frames are read from the thread pool
 
     def record(self, session_id: str) -> SessionRecord:
         record = self.store.get(session_id)
@@ -85,21 +88,26 @@ class Sessions:
         return record
 
     def frames(self, record: SessionRecord) -> FrameReader:
-        reader = self._readers.get(record.id)
-        if reader is None:
-            path = self.storage.path(record.id, "input", record.video)
-            if not self.storage.is_local:
-                local = Path(tempfile.mkdtemp(prefix="vos-frames-")) / record.video
-                self.storage.fs.get_file(path, str(local))
-                path = str(local)
-            reader = self._readers[record.id] = FrameReader(path)
-            while len(self._readers) > 8:  # decoders of the most recently viewed sessions
-                self._readers.popitem(last=False)
-        self._readers.move_to_end(record.id)
-        return reader
+        with self._readers_lock:
+            reader = self._readers.get(record.id)
+            if reader is None:
+                reader = self._readers[record.id] = FrameReader(self._local_video(record))
+                while len(self._readers) > 8:  # decoders of the most recently viewed sessions
+                    self._readers.popitem(last=False)
+            self._readers.move_to_end(record.id)
+            return reader
+
+    def _local_video(self, record: SessionRecord) -> str:
+        path = self.storage.path(record.id, "input", record.video)
+        if self.storage.is_local:
+            return path
+        local = Path(tempfile.mkdtemp(prefix="vos-frames-")) / record.video
+        self.storage.fs.get_file(path, str(local))
+        return str(local)
 
     def forget(self, session_id: str) -> None:
-        self._readers.pop(session_id, None)
+        with self._readers_lock:
+            self._readers.pop(session_id, None)
 
 
 def mount_studio(app: FastAPI, settings: ServiceSettings) -> None:
@@ -235,7 +243,7 @@ async def add_prompt(session_id: SessionId, sessions: SessionsDep,
 
 @router.delete("/{session_id}/objects/{object_id}", responses={200: {"description": "the object is gone"}})
 async def remove_object(session_id: SessionId, sessions: SessionsDep,
-                        object_id: Annotated[int, PathParam(ge=1, le=255)]) -> dict[str, int]:
+                        object_id: Annotated[int, PathParam(ge=1, le=MAX_OBJECT_ID)]) -> dict[str, int]:
     """Remove an object from every frame."""
     await _run(sessions.record, session_id)
     await _call(sessions, session_id, "remove", {"object_id": object_id})
@@ -245,7 +253,7 @@ async def remove_object(session_id: SessionId, sessions: SessionsDep,
 @router.delete("/{session_id}/objects/{object_id}/frames/{frame}", response_model=FrameMasks,
                responses={422: {"model": Problem}})
 async def clear_prompts(session_id: SessionId, sessions: SessionsDep,
-                        object_id: Annotated[int, PathParam(ge=1, le=255)],
+                        object_id: Annotated[int, PathParam(ge=1, le=MAX_OBJECT_ID)],
                         frame: Annotated[int, PathParam(ge=0)]) -> FrameMasks:
     """Clear an object's prompts on one frame; returns the frame's masks."""
     _check_frame(await _run(sessions.record, session_id), frame)

@@ -393,19 +393,14 @@ def shared_engine(name: str, options_json: str) -> Engine:
 
 
 class LiveSession:
-    """A session held in this worker's memory, with its own thread so sessions never wait on each other."""
+    """A session held in this worker's memory: the library session and what the log replay left."""
 
-    def __init__(self, record: SessionRecord, library: Session, applied: int, request_ids: set[str]) -> None:
+    def __init__(self, record: SessionRecord, library: Session, applied: int, request_ids: set[str],
+                 stop: threading.Event) -> None:
         self.record, self.library = record, library
         self.applied = applied  # log entries replayed or applied: a longer log means another worker changed it
         self.request_ids = request_ids  # commands already in the log, so a resent command is applied once
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{record.id[:6]}")
-        self.stop = threading.Event()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.executor.submit(self.library.close)  # after the commands already queued
-        self.executor.shutdown(wait=False)
+        self.stop = stop  # set to stop the propagation in progress
 
 
 class SessionServer:
@@ -416,6 +411,10 @@ class SessionServer:
         self.storage = session_storage(settings, session_settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.sessions: dict[str, LiveSession] = {}
+        # One thread per session: its commands run in order, and sessions never wait on each other (not even on
+        # one being rebuilt). The stop event of a session is set from the inbox thread, past the queued commands.
+        self._threads: dict[str, ThreadPoolExecutor] = {}
+        self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -461,7 +460,7 @@ class SessionServer:
         """Drop sessions whose record expired or moved away, and files of sessions without a record."""
         now = time.time() if now is None else now
         with self._lock:
-            held = list(self.sessions)
+            held = set(self.sessions) | set(self._threads)
         for session_id in held:
             record = self.store.get(session_id)
             if record is None or record.worker != self.name:
@@ -474,26 +473,24 @@ class SessionServer:
 
     def _dispatch(self, command: dict[str, Any]) -> None:
         session_id, op = command["session"], command["op"]
-        if op in ("stop", "close"):  # answered at once, not queued behind a running propagation
-            with self._lock:
-                live = self.sessions.get(session_id)
-            if live is not None:
-                live.stop.set()
+        with self._lock:
+            stop = self._stops.setdefault(session_id, threading.Event())
+            thread = self._threads.get(session_id)
+            if thread is None and op != "close":
+                thread = self._threads[session_id] = ThreadPoolExecutor(1, thread_name_prefix=f"vos-{session_id[:6]}")
+        if op in ("stop", "close") or op in CHANGES or op == "propagate":
+            stop.set()  # at once: a change makes the frames a propagation in progress would still send outdated
+        if op in ("stop", "close"):
             if op == "close":
                 self._forget(session_id)
             self.store.send_reply(command["id"], {"ok": True, "result": {}})
             return
-        try:
-            live = self._live(session_id)
-        except Exception as error:  # noqa: BLE001 - the reply carries it; the inbox thread must go on
-            self.store.send_reply(command["id"], _error_reply(error))
-            return
-        if op in CHANGES or op == "propagate":
-            live.stop.set()  # a change stops a propagation in progress: the frames it would still send are outdated
-        live.executor.submit(self._run, live, command)
+        assert thread is not None
+        thread.submit(self._run, session_id, command)
 
-    def _run(self, live: LiveSession, command: dict[str, Any]) -> None:
+    def _run(self, session_id: str, command: dict[str, Any]) -> None:
         try:
+            live = self._live(session_id, command["op"])
             reply: dict[str, Any] = {"ok": True, "result": self._execute(live, command)}
         except Exception as error:  # noqa: BLE001 - turned into a reply; unexpected ones are logged
             reply = _error_reply(error)
@@ -573,7 +570,8 @@ class SessionServer:
         live.stop.clear()
         self.store.set_run(live.record.id, run)
         self.store.publish_run(live.record.id, run, "running")
-        live.executor.submit(self._propagate, live, run)
+        with self._lock:
+            self._threads[live.record.id].submit(self._propagate, live, run)
         return run
 
     def _propagate(self, live: LiveSession, run: dict[str, Any]) -> None:
@@ -608,23 +606,32 @@ class SessionServer:
 
     # ------------------------------------------------------------------ holding sessions
 
-    def _live(self, session_id: str) -> LiveSession:
+    def _live(self, session_id: str, op: str) -> LiveSession:
+        """The session in memory, rebuilt from its log if this worker does not hold it (in the session's thread)."""
         record = self.store.get(session_id)
         if record is None:
             raise SessionCommandError(404, f"no session {session_id!r} (it may have expired)")
         with self._lock:
             live = self.sessions.get(session_id)
         if live is not None and (record.worker != self.name or self.store.log_length(session_id) != live.applied):
-            self._forget(session_id)  # changed by another worker while this one was presumed dead
+            live.library.close()  # changed by another worker while this one was presumed dead
             live = None
         if live is None:
             live = self._rebuild(record)
             with self._lock:
                 self.sessions[session_id] = live
-            if record.run is not None:  # the previous worker died while propagating: resume it
-                live.executor.submit(self._start_propagation, live, {**record.run, "run_id": record.run["id"]})
+            if record.run is not None:  # the previous worker died while propagating
+                self._resume(live, record.run, op)
         self.store.touch(session_id)
         return live
+
+    def _resume(self, live: LiveSession, run: dict[str, Any], op: str) -> None:
+        """Go on with the dead worker's propagation, unless this command changes the session (it would stop it)."""
+        if op in CHANGES or op == "propagate":
+            self.store.set_run(live.record.id, None)
+            self.store.publish_run(live.record.id, run, "stopped")
+        else:
+            self._start_propagation(live, {**run, "run_id": run["id"]})
 
     def _rebuild(self, record: SessionRecord) -> LiveSession:
         """The session as its log says: open the video and replay every logged change, publishing nothing."""
@@ -644,13 +651,21 @@ class SessionServer:
         results.forget_computed()
         if entries:
             log.info("session %s rebuilt on %s from %d logged changes", record.id, self.name, len(entries))
-        return LiveSession(record, library, len(entries), {e["id"] for e in entries})
+        with self._lock:
+            stop = self._stops.setdefault(record.id, threading.Event())
+        return LiveSession(record, library, len(entries), {e["id"] for e in entries}, stop)
 
     def _forget(self, session_id: str) -> None:
         with self._lock:
             live = self.sessions.pop(session_id, None)
-        if live is not None:
-            live.close()
+            thread = self._threads.pop(session_id, None)
+            stop = self._stops.pop(session_id, None)
+        if stop is not None:
+            stop.set()
+        if thread is not None:
+            if live is not None:
+                thread.submit(live.library.close)  # after the commands already queued
+            thread.shutdown(wait=False)
 
 
 class SessionMoved(Exception):

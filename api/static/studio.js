@@ -331,7 +331,7 @@ function addObject() {
   const used = new Set(state.objects.map((o) => o.id));
   let id = 1;
   while (used.has(id)) id += 1;
-  if (id > 255) { showError(new Error("at most 255 objects per session")); return; }
+  if (id > 254) { showError(new Error("at most 254 objects per session")); return; }
   state.objects.push({ id, name: `object ${id}`, color: PALETTE[(id - 1) % PALETTE.length] });
   state.selected = id;
   renderObjects();

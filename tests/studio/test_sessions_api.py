@@ -303,6 +303,16 @@ BAD_SESSION_REQUESTS = [
     ("POST", "/prompts", {"json": {"object_id": 1, "frame_index": 0, "mask": {"file": "m.png"}}}, 422, "files"),
     ("POST", "/prompts", {"json": [1, 2]}, 422, "dictionary"),
     ("POST", "/prompts", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+    ("POST", "/prompts", {"content": b'{"object_id": 1, "frame_index": 0, "points": ' + b"[" * 100000 + b"]" * 100000
+                          + b"}", "headers": {"content-type": "application/json"}}, 400, "parsing the body"),
+    ("POST", "/prompts", {"json": {"object_id": 1, "frame_index": 0, "mask": {"rle": {"size": [-1, 5],
+                                                                                     "counts": "abc"}}}}, 422, "RLE"),
+    ("POST", "/prompts", {"json": {"object_id": 1, "frame_index": 0, "mask": {"rle": {"size": [10**6, 10**6],
+                                                                                     "counts": "0"}}}}, 422, "limit"),
+    ("POST", "/prompts", {"content": b'{"object_id": 1, "frame_index": 0, "points": [{"x": NaN, "y": 10}]}',
+                          "headers": {"content-type": "application/json"}}, 422, "outside"),
+    ("POST", "/prompts", {"content": b'{"object_id": 1, "frame_index": 0, "scribbles": [{"lines": [[[1, 1], [9, 9]]], '
+                          b'"width": 1e400}]}', "headers": {"content-type": "application/json"}}, 422, "finite"),
     ("POST", "/propagate", {"json": {"from": 0, "direction": "sideways"}}, 422, "direction"),
     ("POST", "/propagate", {"json": {"from": 60, "direction": "forward"}}, 422, "outside the video"),
     ("POST", "/propagate", {"json": {"from": 0, "direction": "forward"}}, 409, "no object"),
