@@ -10,7 +10,9 @@ Design (the API side is :mod:`api.sessions`):
   task queue: the session server runs beside the job, each session on its own thread.
 * **Source of truth.** The worker appends every change it applied (prompts, removals, clears) to the session's
   log in Redis before it replies; the video and every frame's latest result are files in storage. The worker's
-  in-memory session (the library session with its engine state and caches) is only a cache of that log.
+  in-memory session (the library session with its engine state and caches) is only a cache of that log. Each
+  logged prompt keeps the masks its frame had before it, so a replay meets every frame as the prompt did and gives
+  the same masks, and ``undo`` restores them.
 * **Recovery.** A worker whose heartbeat is older than ``VOS_SESSION_WORKER_STALE_S`` is presumed dead. The next
   command, or a client waiting on a propagation, re-pins the session to a live worker (compare-and-set in Redis),
   which rebuilds the session by replaying the log and resumes an unfinished propagation. The client sees a delay

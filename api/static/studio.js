@@ -468,6 +468,23 @@ async function sendText() {
   await sendPrompt({ text }, performance.now());
 }
 
+async function sendReference(file) {
+  // The whole picture is the example of the object ("segment things like this"): its mask covers all of it.
+  const bitmap = await createImageBitmap(file).catch(() => {
+    throw new Error(`${file.name} is not an image the browser can read`);
+  });
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  const image = canvas.toDataURL("image/png").split(",")[1];
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  const mask = canvas.toDataURL("image/png").split(",")[1];
+  await sendPrompt({ reference: { image: { png_base64: image }, mask: { png_base64: mask } } }, performance.now());
+}
+
 async function undo() {
   if (!state.session) return;
   const record = await api(sessionPath("/undo"), { method: "POST" });
@@ -618,6 +635,11 @@ function wire() {
   $("#retrack").onclick = guarded(() => track(state.frame));
   $("#stop").onclick = guarded(() => api(sessionPath("/stop"), { method: "POST" }));
   $("#text-send").onclick = guarded(sendText);
+  $("#reference").onchange = guarded(async () => {
+    const file = $("#reference").files[0];
+    $("#reference").value = "";
+    if (file) await sendReference(file);
+  });
   document.querySelectorAll(".export").forEach((button) => {
     button.onclick = guarded(() => exportResult(button.dataset.name));
   });
