@@ -26,7 +26,8 @@ class ServiceContext:
     latency: Histogram
 
 
-def get_context(request: Request) -> ServiceContext:
+async def get_context(request: Request) -> ServiceContext:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a costly hop on the most polled routes
     return request.app.state.context
 
 
@@ -34,5 +35,5 @@ _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="required when the server sets VOS_API_KEY")
 
 
-def require_api_key(key: str | None = Security(_api_key_header)) -> None:
+async def require_api_key(key: str | None = Security(_api_key_header)) -> None:
     """Documents the key in the OpenAPI schema; :class:`api.limits.GuardMiddleware` checks it before the body."""

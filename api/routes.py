@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import FormData
@@ -19,6 +19,7 @@ from api.deps import ServiceContext, get_context, require_api_key
 from api.schemas import JobCreated, JobStatus, Problem
 from api.streaming import EndEvent, FrameEvent, job_events
 from api.uploads import JobRequest, UploadedFile, UploadError, create_job
+from vos.engine import available_engines, engine_options_class
 from workers.core.models import JOB_ID_PATTERN, RESULT_FILES, Job, JobState
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)],
@@ -32,6 +33,18 @@ Context = Annotated[ServiceContext, Depends(get_context)]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the id returned when the job was created")]
 ResultName = enum.Enum("ResultName", {name.replace(".", "_"): name for name in RESULT_FILES}, type=str)
 
+
+def _engine_option_schemas() -> dict[str, Any]:
+    """Each registered engine's options model as JSON Schema (engines whose code is not installed are left out)."""
+    schemas = {}
+    for name in available_engines():
+        try:
+            schemas[name] = engine_options_class(name).model_json_schema()
+        except ImportError:
+            continue
+    return schemas
+
+
 _SUBMIT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["video", "prompts"],
     "properties": {
@@ -39,7 +52,9 @@ _SUBMIT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
         "prompts": {"type": "string", "description": 'JSON list of object prompts, e.g. [{"object_id": 1, "points": '
                     '[{"x": 10, "y": 20}]}]; masks as {"rle": ...}, {"png_base64": ...} or {"file": "<part name>"}'},
         "engine": {"type": "string", "default": "classical", "description": "tracking engine"},
-        "options": {"type": "string", "default": "{}", "description": "JSON object of engine options"},
+        "options": {"type": "string", "default": "{}", "x-engine-options": _engine_option_schemas(),
+                    "description": "JSON object of the engine's options, checked at submission; each engine's "
+                                   "options are described in x-engine-options"},
         "overlay": {"type": "boolean", "default": True, "description": "also render an overlay MP4"},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                   "description": "mask/reference images that prompts refer to by name (any other part name works too)"},
@@ -106,7 +121,7 @@ def _flag(value: str) -> bool:
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": Problem}})
-async def job_status(job_id: JobId, request: Request, context: Context) -> JobStatus:
+async def job_status(job_id: JobId, request: Request, context: Context) -> Response:
     """The job's state, progress, timings and, once it succeeded, its download URLs."""
     job = await context.astore.get(job_id)  # async: the most polled endpoint must not queue for the thread pool
     if job is None:
@@ -114,7 +129,8 @@ async def job_status(job_id: JobId, request: Request, context: Context) -> JobSt
     results = {}
     if job.state is JobState.SUCCEEDED and not job.files_deleted:
         results = {name: str(request.url_for("job_result", job_id=job_id, name=name)) for name in RESULT_FILES}
-    return JobStatus.from_job(job, results)
+    # Serialised here: the model was built from validated data, so FastAPI's second validation pass is skipped.
+    return Response(JobStatus.from_job(job, results).model_dump_json(), media_type="application/json")
 
 
 @router.get(

@@ -1,9 +1,12 @@
-"""Service benchmark: throughput with 1 and 2 workers, time to first frame, API latency, pipeline overhead.
+"""Service benchmark: throughput with 1 and 2 workers, time to first frame, status latency under 50 concurrent
+clients, pipeline overhead, and the time from a worker's kill -9 to its job resuming elsewhere (default settings).
 
     python bench/bench_service.py --video ../shared/data/videos/01_dog.mp4 --frames 60 --jobs 4
 
 Needs Redis (REDIS_URL, default redis://127.0.0.1:6379/11); uses a private key prefix and removes its keys.
-Starts its own uvicorn server and Celery workers (solo pool) as subprocesses.
+Starts its own API (``vos serve --no-worker``, so with the service's limits) and Celery workers (solo pool) as
+subprocesses. The latency clients are a minimal HTTP/1.1 keep-alive client, so on a small machine the client's
+own request parsing does not dominate what is measured.
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ from vos.engine import create_engine
 from vos.prompts import parse_prompts
 from vos.tracker import track
 from vos.video import open_video
-from workers.jobs import JobStore
-from workers.settings import ServiceSettings
+from workers.core.settings import ServiceSettings
+from workers.core.store import JobStore
 
 
 def main() -> None:
     args = _parse_args()
     with tempfile.TemporaryDirectory(prefix="vos-bench-") as tmp:
         video = _cut_video(Path(args.video), Path(tmp) / "bench.mp4", args.frames, args.width)
-        prompts = [{"object_id": 1, "points": [{"x": args.point[0] * args.width / 1280, "y": args.point[1] * args.width / 1280}]}]
+        scale = args.width / 1280
+        prompts = [{"object_id": 1, "points": [{"x": args.point[0] * scale, "y": args.point[1] * scale}]}]
         settings = ServiceSettings(redis_url=args.redis, key_prefix=f"vosbench-{uuid.uuid4().hex[:6]}:",
                                    storage_url=str(Path(tmp) / "storage"))
         baseline = _engine_baseline(video, prompts, args.engine)
@@ -55,7 +59,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"))
     parser.add_argument("--frames", type=int, default=60, help="frames of the video to use")
     parser.add_argument("--width", type=int, default=640, help="downscale to this width (keeps the aspect ratio)")
-    parser.add_argument("--point", type=float, nargs=2, default=(600.0, 430.0), help="click on the object, 1280x720 coords")
+    parser.add_argument("--point", type=float, nargs=2, default=(600.0, 430.0),
+                        help="click on the object, 1280x720 coords")
     parser.add_argument("--jobs", type=int, default=4, help="concurrent jobs per throughput run")
     parser.add_argument("--engine", default="classical")
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/11"))
@@ -80,6 +85,7 @@ def _run(args: argparse.Namespace, settings: ServiceSettings, video: Path, promp
                 workers.append(_start_worker(settings, tmp))
             _throughput(url, video, prompts, args.engine, args.jobs, count)
         _latency(url, single[0]["id"])
+        _kill_and_resume(url, video, prompts, args.engine, settings, workers)
     finally:
         for worker in workers:
             worker.terminate()
@@ -104,7 +110,8 @@ def _one_job(url: str, video: Path, prompts: list, engine: str, overlay: bool = 
     with httpx.Client(base_url=url, timeout=600) as client:
         start = time.perf_counter()
         job = client.post("/v1/jobs", files={"video": (video.name, video.read_bytes(), "video/mp4")},
-                          data={"prompts": json.dumps(prompts), "engine": engine, "overlay": str(overlay).lower()}).json()
+                          data={"prompts": json.dumps(prompts), "engine": engine,
+                                "overlay": str(overlay).lower()}).json()
         first = None
         with client.stream("GET", f"/v1/jobs/{job['id']}/frames", headers={"Accept": "application/x-ndjson"}) as stream:
             for line in stream.iter_lines():
@@ -120,7 +127,8 @@ def _one_job(url: str, video: Path, prompts: list, engine: str, overlay: bool = 
 def _throughput(url: str, video: Path, prompts: list, engine: str, jobs: int, workers: int) -> None:
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
-    threads = [threading.Thread(target=lambda: results.append(_one_job(url, video, prompts, engine))) for _ in range(jobs)]
+    threads = [threading.Thread(target=lambda: results.append(_one_job(url, video, prompts, engine)))
+               for _ in range(jobs)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -131,24 +139,76 @@ def _throughput(url: str, video: Path, prompts: list, engine: str, jobs: int, wo
           f"time to first frame min {first[0]:.2f} s, median {statistics.median(first):.2f} s, max {first[-1]:.2f} s")
 
 
-def _latency(url: str, job_id: str, concurrency: int = 50, rounds: int = 10) -> None:
-    async def measure() -> list[float]:
-        samples: list[float] = []
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-            async def one() -> None:
-                begin = time.perf_counter()
-                response = await client.get(f"/v1/jobs/{job_id}")
-                response.raise_for_status()
-                samples.append(time.perf_counter() - begin)
+def _latency(url: str, job_id: str, concurrency: int = 50, rounds: int = 20, warmup: int = 3) -> None:
+    """``concurrency`` keep-alive connections each send one GET per round, all at once; after ``warmup`` rounds,
+    every request's time from sending to the last body byte is a sample."""
+    host, port = url.removeprefix("http://").split(":")
+    request = f"GET /v1/jobs/{job_id} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 
-            for _ in range(rounds):
-                await asyncio.gather(*(one() for _ in range(concurrency)))
+    async def connection(starts: list[asyncio.Event], done: asyncio.Queue) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for start in starts:
+            await start.wait()
+            begin = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            await reader.readexactly(length)
+            await done.put(time.perf_counter() - begin)
+        writer.close()
+
+    async def measure() -> list[float]:
+        starts = [asyncio.Event() for _ in range(warmup + rounds)]
+        done: asyncio.Queue = asyncio.Queue()
+        clients = [asyncio.create_task(connection(starts, done)) for _ in range(concurrency)]
+        samples = []
+        for number, start in enumerate(starts):
+            start.set()
+            times = [await done.get() for _ in range(concurrency)]
+            if number >= warmup:
+                samples += times
+        await asyncio.gather(*clients)
         return samples
 
     samples = sorted(asyncio.run(measure()))
     p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
     print(f"GET /v1/jobs/{{id}} with {concurrency} concurrent clients ({len(samples)} requests): "
-          f"p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms")
+          f"p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms, max {1000 * samples[-1]:.1f} ms")
+
+
+def _kill_and_resume(url: str, video: Path, prompts: list, engine: str, settings: ServiceSettings,
+                     workers: list[subprocess.Popen]) -> None:
+    """kill -9 the worker running a job; time until the status says retrying and until another worker runs it."""
+    store = JobStore(settings)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        job = client.post("/v1/jobs", files={"video": (video.name, video.read_bytes(), "video/mp4")},
+                          data={"prompts": json.dumps(prompts), "engine": engine, "overlay": "false"}).json()
+        status = _poll(client, job["id"], lambda s: s["frames_done"] >= 3)
+        holder = store.get(job["id"]).worker
+        victim = next(w for w in workers if holder == f"{socket.gethostname()}:{w.pid}")
+        victim.kill()
+        killed = time.perf_counter()
+        _poll(client, job["id"], lambda s: s["state"] == "retrying" or s["attempts"] > 1)
+        retrying_s = time.perf_counter() - killed
+        _poll(client, job["id"], lambda s: s["state"] == "running" and s["attempts"] > 1)
+        resumed_s = time.perf_counter() - killed
+        final = _poll(client, job["id"], lambda s: s["state"] in ("succeeded", "failed", "cancelled"))
+    workers.remove(victim)
+    print(f"kill -9 of the worker at frame {status['frames_done']} (defaults: lease {settings.lease_s:g} s, reaper "
+          f"every {settings.reaper_interval_s:g} s): status 'retrying' after {retrying_s:.1f} s, resumed on another "
+          f"worker after {resumed_s:.1f} s; job {final['state']} with {final['attempts']} attempts")
+
+
+def _poll(client: httpx.Client, job_id: str, predicate: Any, timeout: float = 600.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(status):
+            return status
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} never reached the expected state: {status}")
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -179,8 +239,8 @@ def _start_server(settings: ServiceSettings) -> tuple[str, subprocess.Popen]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-                               "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "30"], env=_env(settings))
+    server = subprocess.Popen([sys.executable, "-m", "vos.cli", "serve", "--no-worker", "--port", str(port)],
+                              env={**_env(settings), "VOS_HTTP_KEEP_ALIVE_S": "30"}, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
@@ -197,13 +257,14 @@ def _env(settings: ServiceSettings) -> dict[str, str]:
 
 def _start_worker(settings: ServiceSettings, tmp: Path) -> subprocess.Popen:
     store = JobStore(settings)
-    before = store.live_workers()
+    before = store.live_workers()["cpu"]
     env = _env(settings)
     log = (tmp / f"worker-{uuid.uuid4().hex[:4]}.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo",
                                 "--concurrency", "1", "-Q", "cpu", "--without-gossip", "--without-mingle",
-                                "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    while store.live_workers() <= before:
+                                "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    while store.live_workers()["cpu"] <= before:
         if process.poll() is not None:
             raise RuntimeError(f"worker exited with {process.returncode}; see {log.name}")
         time.sleep(0.1)
