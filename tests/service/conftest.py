@@ -29,6 +29,7 @@ import uvicorn
 SERVICE_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SERVICE_DIR))
 
+from fault_engines import register_fault_engines  # noqa: E402
 from service_engines import register_test_engines  # noqa: E402
 
 from api.cli import free_port  # noqa: E402
@@ -149,6 +150,7 @@ def api_server(settings: ServiceSettings) -> Iterator[Server]:
     from api.app import create_app, uvicorn_config
 
     register_test_engines()
+    register_fault_engines()
     port = free_port()
     config = uvicorn_config(create_app(settings), settings, "127.0.0.1", port, log_level="warning")
     uv = uvicorn.Server(config)

@@ -2,9 +2,11 @@
 
 import sys
 
+from fault_engines import register_fault_engines
 from service_engines import register_test_engines
 
 register_test_engines()
+register_fault_engines()
 
 from celery.__main__ import main  # noqa: E402  (the engines must be registered before workers.tasks is imported)
 
