@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -159,13 +160,29 @@ def test_default_settings_resume_a_lost_job_within_a_minute():
     assert defaults.lease_s + defaults.reaper_interval_s + defaults.renew_interval_s < 60
 
 
-def test_upload_scratch_folders_of_dead_api_processes_are_removed(tmp_path: Path):
+def dead_pid() -> int:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(finished.stdout)
-    stale = tmp_path / f"{UPLOAD_PREFIX}{dead_pid}-abc"
+    return int(finished.stdout)
+
+
+def test_upload_scratch_folders_of_dead_api_processes_are_removed(tmp_path: Path):
+    dead = dead_pid()
+    stale = tmp_path / f"{UPLOAD_PREFIX}{dead}-abc"
     live = tmp_path / f"{UPLOAD_PREFIX}{os.getpid()}-def"
     for folder in (stale, live):
         folder.mkdir()
         (folder / "video.mp4").write_bytes(b"\0" * 1000)
     assert remove_stale_upload_dirs(tmp_path) == [stale]
     assert not stale.exists() and live.exists()
+
+
+def test_the_api_removes_the_upload_folders_of_an_api_that_died(settings):
+    """An API killed during an upload to remote storage leaves its local copy; the next API start removes it."""
+    from api.app import create_app
+
+    stale = Path(tempfile.gettempdir()) / f"{UPLOAD_PREFIX}{dead_pid()}-killed"
+    stale.mkdir()
+    (stale / "video.mp4").write_bytes(b"\0" * 1000)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+    assert not stale.exists()
