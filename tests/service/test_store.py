@@ -113,3 +113,18 @@ def test_reaper_requeues_lost_jobs_and_removes_orphan_folders(quiet: JobStore, t
                   now=time.time() + quiet.settings.orphan_grace_s + 1)
     assert sent == [(job_id, "cpu")] and report.requeued == [job_id]
     assert orphan in report.orphans_removed and not storage.exists(storage.path(orphan))
+
+
+def test_a_job_waiting_on_a_queue_without_workers_is_failed_with_a_message(quiet: JobStore):
+    job_id = new_job(quiet)  # on the cpu queue; no worker heartbeats under this prefix
+    sent: list[tuple[str, str]] = []
+    storage = Storage(quiet.settings.storage_url)
+    assert reap(quiet, storage, lambda *job: sent.append(job)).unserved == []  # just queued: it may yet be served
+    later = time.time() + quiet.settings.unserved_queue_s + 1
+    assert reap(quiet, storage, lambda *job: sent.append(job), now=later).unserved == [job_id]
+    failed = quiet.get(job_id)
+    assert failed.state is JobState.FAILED and "no worker served the 'cpu' queue" in failed.error
+    quiet.worker_alive("somewhere:1", ("cpu",))
+    other = new_job(quiet)
+    assert reap(quiet, storage, lambda *job: sent.append(job), now=later).unserved == []  # served: it waits
+    assert quiet.get(other).state is JobState.QUEUED

@@ -25,6 +25,7 @@ SendJob = Callable[[str, str], None]  # (job id, queue): put the job's task on t
 class ReapReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    unserved: list[str] = field(default_factory=list)
     orphans_removed: list[str] = field(default_factory=list)
 
 
@@ -41,8 +42,26 @@ def reap(store: JobStore, storage: Storage, send_job: SendJob, now: float | None
                 log.warning("job %s re-queued: %s", job_id, LOST_WORKER)
         elif outcome == GAVE_UP:
             report.failed.append(job_id)
+    report.unserved = fail_unserved(store, now)
     report.orphans_removed = remove_orphans(store, storage, now)
     return report
+
+
+def fail_unserved(store: JobStore, now: float | None = None) -> list[str]:
+    """Fail waiting jobs whose queue has had no worker for ``unserved_queue_s`` (they would wait for ever)."""
+    now = time.time() if now is None else now
+    live = store.live_workers()
+    failed = []
+    for state in (JobState.QUEUED, JobState.RETRYING):
+        for job_id in store.ids_in_state(state):
+            job = store.get(job_id)
+            if job is None or live.get(job.queue, 0) or now - job.created_at < store.settings.unserved_queue_s:
+                continue
+            message = (f"no worker served the {job.queue!r} queue for {store.settings.unserved_queue_s:g} s; "
+                       f"start a {job.queue} worker and submit the job again")
+            if store.transition(job_id, JobState.FAILED, (state,), finished_at=now, error=message):
+                failed.append(job_id)
+    return failed
 
 
 def remove_orphans(store: JobStore, storage: Storage, now: float | None = None) -> list[str]:
