@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import routes
 from api.deps import ServiceContext, get_context
-from api.limits import GuardMiddleware
+from api.limits import GuardMiddleware, idle_closing_protocol
 from api.metrics import LatencyMiddleware, create_registry
 from api.sessions import mount_studio
 from api.streaming import BLOCK_MS
@@ -75,9 +75,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
 
 def uvicorn_config(app: FastAPI, settings: ServiceSettings, host: str, port: int, **options: object) -> uvicorn.Config:
-    """The server's connection limits: idle keep-alive connections close, and a flood gets 503s, not a hang."""
+    """The server's connection limits: idle connections close (new ones too), and a flood gets 503s, not a hang."""
     return uvicorn.Config(app, host=host, port=port, timeout_keep_alive=int(settings.http_keep_alive_s),
-                          limit_concurrency=settings.http_max_concurrency, **options)
+                          limit_concurrency=settings.http_max_concurrency, http=idle_closing_protocol(), **options)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -116,3 +116,22 @@ async def _reply(send: Send, status: int, detail: str, close: bool = False) -> N
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def idle_closing_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11), with its keep-alive timeout also running from
+    the moment a connection opens: a client that connects and sends nothing is closed like an idle keep-alive
+    connection, instead of holding one of the server's connection slots for ever."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class IdleClosingProtocol(Base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: object) -> None:
+            super().connection_made(transport)
+            # Cancelled by the first bytes received, as after a response (uvicorn's own keep-alive handling).
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+    return IdleClosingProtocol

@@ -106,6 +106,14 @@ def test_idle_keep_alive_connections_are_closed(guarded):
         assert status == 200 and sock.recv(100) == b""
 
 
+def test_a_connection_that_sends_nothing_is_closed(guarded):
+    with connect(guarded.url) as sock:
+        started = time.monotonic()
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    assert time.monotonic() - started < 5  # keep-alive is 1 s in this server
+
+
 def test_connections_beyond_the_limit_get_503(guarded):
     held = [connect(guarded.url) for _ in range(6)]
     try:
