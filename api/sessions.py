@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import anyio
 import cv2
 import numpy as np
+import redis
 from fastapi import (
     APIRouter,
     Body,
@@ -444,8 +445,18 @@ def _event_id(last_event_id: str | None) -> str | None:
 
 async def _events(context: ServiceContext, sessions: Sessions, session_id: str, cursor: str,
                   until_run: str | None) -> AsyncIterator[tuple[str, str, str]]:
-    """(event name, event id, data) for every entry of the session's event stream after ``cursor``."""
+    """(event name, event id, data) for every entry of the session's event stream after ``cursor``.
+
+    If entries after ``cursor`` were trimmed from the stream, the latest revision of every frame is read from
+    storage first (with ``cursor`` as their id, so a reconnect during it starts it again); stream entries of
+    revisions it already sent are then skipped."""
     keys = sessions.store.keys
+    sent: dict[int, int] = {}  # frame -> revision sent from storage
+    if await _trimmed_after(context, keys.events(session_id), cursor):
+        record = await _run(sessions.record, session_id)
+        for frame, data in await _run(_latest_revisions, sessions, record):
+            sent[frame] = data["revision"]
+            yield "frame", cursor, json.dumps(data)
     while True:
         reply = await context.astore.redis.xread({keys.events(session_id): cursor}, count=100, block=EVENT_BLOCK_MS)
         entries = reply[0][1] if reply else []
@@ -458,12 +469,41 @@ async def _events(context: ServiceContext, sessions: Sessions, session_id: str, 
         for entry_id, fields in entries:
             cursor = entry_id.decode()
             if b"frame" in fields:
-                yield "frame", cursor, fields[b"data"].decode()
+                if int(fields[b"revision"]) > sent.get(int(fields[b"frame"]), 0):
+                    yield "frame", cursor, fields[b"data"].decode()
                 continue
             run = json.loads(fields[b"run"])
             yield "run", cursor, fields[b"run"].decode()
             if until_run is not None and run["id"] == until_run and run["state"] != "running":
                 return
+
+
+async def _trimmed_after(context: ServiceContext, stream: str, cursor: str) -> bool:
+    """Whether entries after ``cursor`` may have been trimmed from the stream (a client away for too long)."""
+    try:
+        info = await context.astore.redis.xinfo_stream(stream)
+    except redis.ResponseError:  # no stream yet: nothing was trimmed
+        return False
+    if info["entries-added"] <= info["length"] or not info.get("first-entry"):
+        return False
+    first = info["first-entry"][0]
+    return _stream_id(cursor) < _stream_id(first.decode() if isinstance(first, bytes) else str(first))
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _latest_revisions(sessions: Sessions, record: SessionRecord) -> list[tuple[int, dict[str, Any]]]:
+    storage = sessions.storage
+    latest = []
+    for frame in range(record.info.num_frames):
+        try:
+            latest.append((frame, json.loads(storage.read_bytes(storage.frame_path(record.id, frame)))))
+        except FileNotFoundError:
+            continue
+    return latest
 
 
 def _resume_if_orphaned(sessions: Sessions, session_id: str) -> None:

@@ -76,7 +76,7 @@ class SessionSettings(BaseSettings):
     worker_stale_s: float = 5.0  # a session worker silent for this long is presumed dead and its sessions re-pinned
     heartbeat_s: float = 1.0
     reply_timeout_s: float = 120.0  # longest wait for a command's reply (rebuilding a long session included)
-    events_maxlen: int = 20_000  # revisions kept in a session's event stream
+    events_maxlen: int = 5_000  # revisions kept in a session's event stream; older ones are read from storage
     storage_url: str | None = None  # defaults to the service's storage URL with "-sessions" appended
 
     def storage_for(self, service: ServiceSettings) -> str:
@@ -104,7 +104,7 @@ if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return false end
 local revision = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 local data = '{"frame": ' .. ARGV[2] .. ', "revision": ' .. revision .. ', "run": ' .. cjson.encode(ARGV[4])
   .. ', "objects": ' .. ARGV[3] .. '}'
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'frame', ARGV[2], 'data', data)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'frame', ARGV[2], 'revision', revision, 'data', data)
 return data
 """
 
@@ -295,7 +295,10 @@ class SessionStore:
         deadline = time.monotonic() + self.session_settings.reply_timeout_s
         while time.monotonic() < deadline:
             worker = self.ensure_pinned(session_id)
-            self.redis.rpush(self.keys.inbox(worker), command)
+            with self.redis.pipeline() as pipe:
+                pipe.rpush(self.keys.inbox(worker), command)
+                pipe.expire(self.keys.inbox(worker), 3600)  # the inbox of a dead worker goes away
+                pipe.execute()
             reply = self._await_reply(request_id, worker, deadline)
             if reply is not None:
                 if not reply["ok"]:

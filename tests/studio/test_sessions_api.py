@@ -190,6 +190,23 @@ def test_reconnect_gets_every_revision_once_in_order(client: httpx.Client, sessi
     assert revisions[30][-1] >= 2  # frames after the correction were revised
 
 
+def test_reconnect_after_the_stream_was_trimmed_gets_the_latest_revision_of_every_frame(
+        client: httpx.Client, session: dict[str, Any], store: Any) -> None:
+    from workers.sessions import SessionKeys
+
+    sid = session["id"]
+    prompt(client, sid, object_id=1, frame_index=0, points=click(*SWAN_POINT))
+    run = propagate(client, sid, 0, "forward")
+    everything = events(client, sid, until_run=run["id"])
+    store.redis.xtrim(SessionKeys(store.settings.key_prefix).events(sid), maxlen=5, approximate=False)
+    resumed = events(client, sid, after=everything[0]["id"], until_run=run["id"])
+    frames = [e["data"] for e in resumed if e["event"] == "frame"]
+    assert sorted(f["frame"] for f in frames) == list(range(50))  # each frame once, from storage
+    latest = {e["data"]["frame"]: e["data"]["revision"] for e in everything if e["event"] == "frame"}
+    assert all(f["revision"] == latest[f["frame"]] for f in frames)
+    assert resumed[-1]["event"] == "run" and resumed[-1]["data"]["state"] == "done"
+
+
 def test_export_zip_json_and_overlay_hold_the_latest_revisions(client: httpx.Client,
                                                                 session: dict[str, Any]) -> None:
     sid = session["id"]
