@@ -77,7 +77,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 def uvicorn_config(app: FastAPI, settings: ServiceSettings, host: str, port: int, **options: object) -> uvicorn.Config:
     """The server's connection limits: idle connections close (new ones too), and a flood gets 503s, not a hang."""
     return uvicorn.Config(app, host=host, port=port, timeout_keep_alive=int(settings.http_keep_alive_s),
-                          limit_concurrency=settings.http_max_concurrency, http=idle_closing_protocol(), **options)
+                          limit_concurrency=settings.http_max_concurrency,
+                          http=idle_closing_protocol(settings.http_body_timeout_s), **options)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -118,10 +118,11 @@ async def _reply(send: Send, status: int, detail: str, close: bool = False) -> N
     await send({"type": "http.response.body", "body": body})
 
 
-def idle_closing_protocol() -> type:
-    """uvicorn's HTTP protocol (httptools when installed, else h11), with its keep-alive timeout also running from
-    the moment a connection opens: a client that connects and sends nothing is closed like an idle keep-alive
-    connection, instead of holding one of the server's connection slots for ever."""
+def idle_closing_protocol(header_timeout_s: float) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) that also closes connections stuck before a
+    request reaches the app: one that sends nothing is closed after the keep-alive timeout (as an idle keep-alive
+    connection is), and one that sends part of a request head and stalls is closed after ``header_timeout_s``.
+    Otherwise such clients hold one of the server's connection slots for ever."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:
@@ -133,5 +134,16 @@ def idle_closing_protocol() -> type:
             # Cancelled by the first bytes received, as after a response (uvicorn's own keep-alive handling).
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                 self.timeout_keep_alive_handler)
+            self.head_timer: object = None
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.head_timer is None and not self.transport.is_closing():
+                self.head_timer = self.loop.call_later(header_timeout_s, self._head_overdue, self.cycle)
+
+        def _head_overdue(self, cycle: object) -> None:
+            self.head_timer = None
+            if self.cycle is cycle and (cycle is None or cycle.response_complete):
+                self.transport.close()  # no new request began since the bytes came: a head that never completed
 
     return IdleClosingProtocol

@@ -114,6 +114,15 @@ def test_a_connection_that_sends_nothing_is_closed(guarded):
     assert time.monotonic() - started < 5  # keep-alive is 1 s in this server
 
 
+def test_a_stalled_request_head_is_closed(guarded):
+    with connect(guarded.url) as sock:
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: test\r\nX-API-")
+        started = time.monotonic()
+        sock.settimeout(15)
+        assert sock.recv(100) == b""
+    assert time.monotonic() - started < 8  # the head timeout is the 2 s body timeout in this server
+
+
 def test_connections_beyond_the_limit_get_503(guarded):
     held = [connect(guarded.url) for _ in range(6)]
     try:
