@@ -42,7 +42,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import ServiceContext, get_context, require_api_key
 from api.schemas import Problem, VideoMeta
-from api.uploads import _container, _probe, _store_video
+from api.uploads import _container, _probe, _store_video, queue_for
 from vos.engine import check_engine_options, engine_class
 from vos.errors import PromptError
 from vos.masks import MAX_OBJECT_ID
@@ -59,6 +59,7 @@ from workers.sessions import (
     SessionSettings,
     SessionStore,
     get_session_settings,
+    no_worker_message,
     session_storage,
 )
 
@@ -134,6 +135,7 @@ class SessionStatus(BaseModel):
     id: str
     engine: str
     options: dict[str, Any]
+    pool: str = Field(description="the worker pool (cpu or gpu) whose workers hold the session")
     video: VideoMeta
     supported_prompts: list[str] = Field(description="prompt kinds the session's engine accepts")
     unsupported_hint: str = Field(description="why other prompt kinds are refused, and what to do instead")
@@ -178,6 +180,9 @@ async def create_session(
     if (video is None) == (job_id is None):
         raise HTTPException(422, "give either a video file or a job_id, not both and not neither")
     engine_options = _engine_options(engine, options)
+    queue = queue_for(engine, engine_options, context.settings)
+    if not await _run(sessions.store.live_workers, queue):
+        raise HTTPException(503, no_worker_message(queue, engine))
     session_id = new_job_id()
     try:
         if video is not None:
@@ -186,7 +191,7 @@ async def create_session(
         else:
             name, info = await anyio.to_thread.run_sync(_copy_job_video, job_id, context, sessions.storage,
                                                          session_id)
-        await _run(sessions.store.create, session_id, engine, engine_options, name, info, job_id)
+        await _run(sessions.store.create, session_id, engine, engine_options, queue, name, info, job_id)
     except BaseException:
         await _run(sessions.storage.remove_job, session_id)
         raise
@@ -325,7 +330,7 @@ async def session_result(session_id: SessionId, sessions: SessionsDep,
 async def delete_session(session_id: SessionId, sessions: SessionsDep) -> Response:
     """Delete the session: its worker forgets it, and its records and files are removed."""
     record = await _run(sessions.record, session_id)
-    if record.worker and await _run(sessions.store.is_alive, record.worker):
+    if record.worker and await _run(sessions.store.is_alive, record.worker, record.queue):
         await _call(sessions, session_id, "close", {})
     await _run(sessions.store.delete, session_id)
     await _run(sessions.storage.remove_job, session_id)
@@ -352,7 +357,7 @@ async def _status(request: Request, sessions: Sessions, session_id: str) -> Sess
     engine_cls = engine_class(record.engine)
     info = record.info
     return SessionStatus(
-        id=record.id, engine=record.engine, options=record.options,
+        id=record.id, engine=record.engine, options=record.options, pool=record.queue,
         video=VideoMeta(width=info.width, height=info.height, fps=info.fps, num_frames=info.num_frames),
         supported_prompts=sorted(engine_cls.supported_prompts), unsupported_hint=engine_cls.unsupported_hint,
         run=record.run, revisions=await _run(sessions.store.revision_count, session_id),
@@ -509,7 +514,7 @@ def _latest_revisions(sessions: Sessions, record: SessionRecord) -> list[tuple[i
 def _resume_if_orphaned(sessions: Sessions, session_id: str) -> None:
     """A client is waiting on a propagation whose worker died: re-pin the session, which resumes it."""
     record = sessions.store.get(session_id)
-    if record is not None and record.run is not None and not sessions.store.is_alive(record.worker):
+    if record is not None and record.run is not None and not sessions.store.is_alive(record.worker, record.queue):
         try:
             sessions.store.call(session_id, "resume", {})
         except SessionCommandError:

@@ -56,7 +56,7 @@ from vos.prompts import parse_prompts
 from vos.session import DiskResultStore, ResultStore, Session, StoredFrame, TrackingCancelled
 from vos.video import ByteLRUCache, VideoInfo, open_video
 from workers.core.models import RESULT_FILES
-from workers.core.settings import ServiceSettings, get_settings
+from workers.core.settings import QUEUES, ServiceSettings, get_settings
 from workers.core.storage import Storage
 from workers.core.store import connect
 from workers.results import BackgroundResults
@@ -136,9 +136,8 @@ class SessionKeys:
     def all(self, session_id: str) -> list[str]:
         return [self.record(session_id), self.log(session_id), self.revisions(session_id), self.events(session_id)]
 
-    @property
-    def workers(self) -> str:
-        return f"{self.prefix}session-workers"
+    def workers(self, queue: str) -> str:
+        return f"{self.prefix}session-workers:{queue}"  # sorted set: worker name by last heartbeat
 
     def inbox(self, worker: str) -> str:
         return f"{self.prefix}session-inbox:{worker}"
@@ -157,6 +156,7 @@ class SessionRecord:
     video: str  # file name under the session's input folder
     info: VideoInfo
     worker: str
+    queue: str  # the worker pool (cpu or gpu) whose workers may hold the session
     created_at: float
     run: dict[str, Any] | None  # the propagation in progress: {"id", "start", "direction", "total"}
     source_job: str | None
@@ -165,9 +165,9 @@ class SessionRecord:
     def parse(cls, raw: dict[bytes, bytes]) -> SessionRecord:
         get = {k.decode(): v.decode() for k, v in raw.items()}
         info = VideoInfo(int(get["num_frames"]), float(get["fps"]), int(get["width"]), int(get["height"]))
+        run = json.loads(get["run"]) if get.get("run") else None
         return cls(get["id"], get["engine"], json.loads(get["options"]), get["video"], info, get.get("worker", ""),
-                   float(get["created_at"]), json.loads(get["run"]) if get.get("run") else None,
-                   get.get("source_job") or None)
+                   get.get("queue") or "cpu", float(get["created_at"]), run, get.get("source_job") or None)
 
 
 class SessionStore:
@@ -186,9 +186,9 @@ class SessionStore:
 
     # ------------------------------------------------------------------ records
 
-    def create(self, session_id: str, engine: str, options: dict[str, Any], video: str, info: VideoInfo,
+    def create(self, session_id: str, engine: str, options: dict[str, Any], queue: str, video: str, info: VideoInfo,
                source_job: str | None = None) -> None:
-        record = {"id": session_id, "engine": engine, "options": json.dumps(options), "video": video,
+        record = {"id": session_id, "engine": engine, "options": json.dumps(options), "queue": queue, "video": video,
                   "num_frames": info.num_frames, "fps": repr(info.fps), "width": info.width, "height": info.height,
                   "worker": "", "created_at": repr(time.time()), "run": "", "source_job": source_job or ""}
         with self.redis.pipeline() as pipe:
@@ -254,37 +254,45 @@ class SessionStore:
 
     # ------------------------------------------------------------------ workers and pinning
 
-    def worker_alive(self, worker: str) -> None:
-        self.redis.zadd(self.keys.workers, {worker: time.time()})
+    def worker_alive(self, worker: str, queues: tuple[str, ...]) -> None:
+        with self.redis.pipeline() as pipe:
+            for queue in queues:
+                pipe.zadd(self.keys.workers(queue), {worker: time.time()})
+            pipe.execute()
 
-    def worker_gone(self, worker: str) -> None:
-        self.redis.zrem(self.keys.workers, worker)
+    def worker_gone(self, worker: str, queues: tuple[str, ...]) -> None:
+        with self.redis.pipeline() as pipe:
+            for queue in queues:
+                pipe.zrem(self.keys.workers(queue), worker)
+            pipe.execute()
 
-    def live_workers(self) -> list[str]:
+    def live_workers(self, queue: str) -> list[str]:
+        """Session workers of ``queue`` (cpu or gpu) that sent a heartbeat recently."""
         cutoff = time.time() - self.session_settings.worker_stale_s
-        return [m.decode() for m in self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf")]
+        return [m.decode() for m in self.redis.zrangebyscore(self.keys.workers(queue), cutoff, "+inf")]
 
-    def is_alive(self, worker: str) -> bool:
-        beat = self.redis.zscore(self.keys.workers, worker) if worker else None
+    def is_alive(self, worker: str, queue: str) -> bool:
+        beat = self.redis.zscore(self.keys.workers(queue), worker) if worker else None
         return beat is not None and beat > time.time() - self.session_settings.worker_stale_s
 
-    def ensure_pinned(self, session_id: str) -> str:
-        """The live worker holding the session, re-pinning it (to the least recently busy live worker) if needed."""
+    def ensure_pinned(self, session_id: str) -> tuple[str, str]:
+        """The live worker holding the session and its pool, re-pinning the session to a live worker of its pool
+        (chosen at random) if needed."""
         while True:
             record = self.get(session_id)
             if record is None:
                 raise SessionCommandError(404, f"no session {session_id!r} (it may have expired)")
-            if self.is_alive(record.worker):
-                return record.worker
-            live = self.live_workers()
+            if self.is_alive(record.worker, record.queue):
+                return record.worker, record.queue
+            live = self.live_workers(record.queue)
             if not live:
-                raise SessionCommandError(503, "no session worker is running; start a worker (vos serve starts one)")
+                raise SessionCommandError(503, no_worker_message(record.queue, record.engine))
             chosen = live[secrets.randbelow(len(live))]
             code = self._repin(keys=[self.keys.record(session_id)], args=[record.worker, chosen])
             if code == 1:
                 if record.worker:
                     log.warning("session %s re-pinned from silent worker %s to %s", session_id, record.worker, chosen)
-                return chosen
+                return chosen, record.queue
 
     # ------------------------------------------------------------------ commands
 
@@ -294,12 +302,12 @@ class SessionStore:
         command = json.dumps({"id": request_id, "session": session_id, "op": op, "args": args or {}})
         deadline = time.monotonic() + self.session_settings.reply_timeout_s
         while time.monotonic() < deadline:
-            worker = self.ensure_pinned(session_id)
+            worker, queue = self.ensure_pinned(session_id)
             with self.redis.pipeline() as pipe:
                 pipe.rpush(self.keys.inbox(worker), command)
                 pipe.expire(self.keys.inbox(worker), 3600)  # the inbox of a dead worker goes away
                 pipe.execute()
-            reply = self._await_reply(request_id, worker, deadline)
+            reply = self._await_reply(request_id, worker, queue, deadline)
             if reply is not None:
                 if not reply["ok"]:
                     raise SessionCommandError(reply["status"], reply["detail"])
@@ -307,13 +315,13 @@ class SessionStore:
         raise SessionCommandError(504, f"the session's worker did not answer within "
                                        f"{self.session_settings.reply_timeout_s:g} s")
 
-    def _await_reply(self, request_id: str, worker: str, deadline: float) -> dict[str, Any] | None:
+    def _await_reply(self, request_id: str, worker: str, queue: str, deadline: float) -> dict[str, Any] | None:
         """The reply, or None once the worker is presumed dead (the caller resends to another worker)."""
         while time.monotonic() < deadline:
             item = self.blocking.blpop([self.keys.reply(request_id)], timeout=BLOCK_S)
             if item is not None:
                 return json.loads(item[1])
-            if not self.is_alive(worker):
+            if not self.is_alive(worker, queue):
                 return None
         return None
 
@@ -411,9 +419,11 @@ class LiveSession:
 class SessionServer:
     """Runs in every worker process: heartbeat, inbox reader and janitor threads, and the sessions it holds."""
 
-    def __init__(self, settings: ServiceSettings, session_settings: SessionSettings) -> None:
+    def __init__(self, settings: ServiceSettings, session_settings: SessionSettings,
+                 queues: tuple[str, ...] = QUEUES) -> None:
         self.store = SessionStore(settings, session_settings)
         self.storage = session_storage(settings, session_settings)
+        self.queues = queues  # sessions of these worker pools may be pinned here
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.sessions: dict[str, LiveSession] = {}
         # One thread per session: its commands run in order, and sessions never wait on each other (not even on
@@ -424,21 +434,21 @@ class SessionServer:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        self.store.worker_alive(self.name)
+        self.store.worker_alive(self.name, self.queues)
         for target in (self._heartbeat, self._read_inbox, self._janitor):
             threading.Thread(target=target, name=f"vos-{target.__name__.strip('_')}", daemon=True).start()
         log.info("session server %s started", self.name)
 
     def stop(self) -> None:
         self._stop.set()
-        self.store.worker_gone(self.name)
+        self.store.worker_gone(self.name, self.queues)
 
     # ------------------------------------------------------------------ threads
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.store.session_settings.heartbeat_s):
             try:
-                self.store.worker_alive(self.name)
+                self.store.worker_alive(self.name, self.queues)
             except redis.RedisError as error:  # a Redis blip must not silence the worker for good
                 log.warning("session heartbeat failed: %s", error)
 
@@ -696,6 +706,11 @@ def _apply(library: Session, op: str, args: dict[str, Any]) -> list[int]:
     raise AssertionError(f"unknown session change {op!r}")
 
 
+def no_worker_message(queue: str, engine: str) -> str:
+    return (f"no session worker serves the {queue!r} pool, where {engine!r} sessions run; start a worker "
+            f"(vos serve starts one; or celery -A workers.app worker -Q {queue})")
+
+
 def _error_reply(error: BaseException) -> dict[str, Any]:
     if isinstance(error, SessionCommandError):
         return {"ok": False, "status": error.status, "detail": str(error)}
@@ -711,9 +726,12 @@ _server: SessionServer | None = None
 
 
 @worker_ready.connect
-def _start_session_server(**_: object) -> None:
+def _start_session_server(sender: object = None, **_: object) -> None:
     global _server
-    _server = SessionServer(get_settings(), get_session_settings())
+    consumed = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consume_from = getattr(consumed, "consume_from", None) or {}
+    queues = tuple(name for name in QUEUES if name in consume_from) or QUEUES
+    _server = SessionServer(get_settings(), get_session_settings(), queues)
     _server.start()
 
 
