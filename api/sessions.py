@@ -154,7 +154,8 @@ class PropagateRequest(BaseModel):
 class FrameMasks(BaseModel):
     frame: int
     revision: int = Field(description="the frame's revision: it grows each time the frame's masks change")
-    run: str = Field("", description="the propagation that produced it; empty for a prompt")
+    run: str = Field("", description="the propagation that produced it; empty for a prompt, \"job\" for the masks "
+                                     "of the job the session was opened from")
     objects: list[dict[str, Any]] = Field(description="every object's COCO RLE mask, score, area and bbox")
     worker_ms: float | None = Field(None, description="time the worker spent applying the change (decoding the "
                                                       "frame and running the engine)")
@@ -192,6 +193,8 @@ async def create_session(
             name, info = await anyio.to_thread.run_sync(_copy_job_video, job_id, context, sessions.storage,
                                                          session_id)
         await _run(sessions.store.create, session_id, engine, engine_options, queue, name, info, job_id)
+        if job_id is not None:
+            await _run(_import_job_masks, context, sessions, job_id, session_id, info)
     except BaseException:
         await _run(sessions.storage.remove_job, session_id)
         raise
@@ -396,6 +399,20 @@ def _copy_job_video(job_id: str, context: ServiceContext, storage: Storage, sess
         info = _probe(local, context.settings)
         storage.put(str(local), storage.path(session_id, "input", name))
     return name, info
+
+
+def _import_job_masks(context: ServiceContext, sessions: Sessions, job_id: str, session_id: str,
+                      info: VideoInfo) -> None:
+    """The job's masks become revision 1 of their frames (run "job"): the studio shows them, and corrections and
+    propagations start from them."""
+    for frame in range(info.num_frames):
+        try:
+            record = json.loads(context.storage.read_bytes(context.storage.frame_path(job_id, frame)))
+        except FileNotFoundError:
+            continue
+        data = sessions.store.publish_objects(session_id, "", frame, json.dumps(record["objects"]), "job")
+        assert data is not None, "a new session is pinned to no worker yet"
+        sessions.storage.write_bytes(sessions.storage.frame_path(session_id, frame), data.encode())
 
 
 def _check_frame(record: SessionRecord, index: int) -> None:

@@ -240,10 +240,13 @@ class SessionStore:
 
     def publish_frame(self, session_id: str, worker: str, result: FrameResult, run_id: str) -> str | None:
         """Publish a frame's new masks as its next revision; None if this worker no longer holds the session."""
-        objects = json.dumps(frame_record(result)["objects"])
+        return self.publish_objects(session_id, worker, result.index, json.dumps(frame_record(result)["objects"]),
+                                    run_id)
+
+    def publish_objects(self, session_id: str, worker: str, frame: int, objects_json: str, run_id: str) -> str | None:
+        """Like :meth:`publish_frame`, for objects already as JSON records; ``worker`` "" before any pin."""
         keys = [self.keys.record(session_id), self.keys.revisions(session_id), self.keys.events(session_id)]
-        data = self._publish(keys=keys, args=[worker, result.index, objects, run_id,
-                                              self.session_settings.events_maxlen])
+        data = self._publish(keys=keys, args=[worker, frame, objects_json, run_id, self.session_settings.events_maxlen])
         return data.decode() if data else None
 
     def publish_run(self, session_id: str, run: dict[str, Any], state: str, error: str | None = None) -> None:

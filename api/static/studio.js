@@ -305,8 +305,26 @@ function storeMasks(record) {
   const known = state.masks.get(record.frame);
   if (known && known.revision >= record.revision) return false; // an older or repeated revision
   state.masks.set(record.frame, record);
+  let added = false;
+  for (const entry of record.objects) { // objects of an opened job, or made by another client
+    if (!state.objects.some((o) => o.id === entry.object_id)) {
+      state.objects.push({ id: entry.object_id, name: `object ${entry.object_id}`,
+        color: PALETTE[(entry.object_id - 1) % PALETTE.length] });
+      added = true;
+    }
+  }
+  if (added) { state.objects.sort((a, b) => a.id - b.id); renderObjects(); }
+  scheduleMarks();
   if (record.frame === state.frame) drawMasks();
   return true;
+}
+
+let marksPending = false;
+
+function scheduleMarks() { // at most once per animation frame, however fast frames stream in
+  if (marksPending) return;
+  marksPending = true;
+  requestAnimationFrame(() => { marksPending = false; drawMarks(); });
 }
 
 function drawMarks() {
@@ -534,7 +552,6 @@ function onFrameEvent(record) {
   $("#track-progress").value = state.run.done / state.run.total;
   $("#track-text").textContent = `${state.run.done} / ${state.run.total} frames · `
     + `${(state.run.done / Math.max(seconds, 1e-3)).toFixed(1)} frames/s`;
-  if (state.run.done % 5 === 0) drawMarks();
   if (!state.playing && $("#follow")?.checked) showFrame(record.frame);
 }
 

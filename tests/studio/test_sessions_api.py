@@ -282,7 +282,16 @@ def test_session_from_a_finished_job_opens_its_video(client: httpx.Client) -> No
     wait_for(client, job["id"], lambda s: s["state"] in ("succeeded", "failed"), timeout=120)
     response = client.post("/v1/sessions", data={"job_id": job["id"]})
     assert response.status_code == 201, response.text
-    assert response.json()["source_job"] == job["id"] and response.json()["video"]["num_frames"] == 50
+    session = response.json()
+    assert session["source_job"] == job["id"] and session["video"]["num_frames"] == 50
+    job_frames = client.get(f"/v1/jobs/{job['id']}/frames", headers=NDJSON).text.strip().splitlines()
+    job_masks = {r["frame"]: mask_of(r, 1) for r in map(json.loads, job_frames) if "frame" in r}
+    opened = [e["data"] for e in events(client, session["id"], limit=50) if e["event"] == "frame"]
+    assert [f["frame"] for f in opened] == list(range(50)) and {f["run"] for f in opened} == {"job"}
+    assert all(iou(mask_of(f, 1), job_masks[f["frame"]]) == 1.0 for f in opened if job_masks[f["frame"]].any())
+    corrected = prompt(client, session["id"], object_id=1, frame_index=20, points=click(150, 150, positive=False))
+    assert corrected["revision"] == 2  # a correction of the job's mask on that frame
+    client.delete(f"/v1/sessions/{session['id']}")
 
 
 BAD_REQUESTS = [

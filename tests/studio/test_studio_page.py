@@ -231,3 +231,25 @@ def test_keys_brush_objects_and_undo(server: Any, artifacts: Path) -> None:
         wait_until(lambda: driver.execute_script("return window.studio.state.objects.length;") == 1, 10,
                    "the object's removal", driver)
         assert not driver.execute_script("return window.studio.state.errors;")
+
+
+def test_open_a_finished_job_shows_its_masks(server: Any, artifacts: Path) -> None:
+    from helpers import submit, wait_for
+    from selenium.webdriver.common.by import By
+
+    with server.client() as client:
+        job = submit(client, SAMPLE, prompts=[{"object_id": 1, "box": {"x0": 120, "y0": 60, "x1": 520, "y1": 400}}])
+        wait_for(client, job["id"], lambda s: s["state"] == "succeeded", timeout=180)
+    with chromium() as driver:
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "job-id").send_keys(job["id"])
+        driver.find_element(By.CSS_SELECTOR, "#job-form button").click()
+        wait_until(lambda: driver.execute_script("return window.studio.state.masks.size;") == 50, 60,
+                   "the job's masks", driver)
+        assert driver.execute_script("return window.studio.state.session.source_job;") == job["id"]
+        assert mask(driver, 0).sum() > 10_000
+        driver.execute_script("""const s = document.getElementById('scrubber'); s.value = 40;
+                                 s.dispatchEvent(new Event('input'));""")
+        wait_until(lambda: driver.execute_script("return document.getElementById('strip').naturalWidth > 0;"), 30,
+                   "the thumbnail strip", driver)
+        driver.save_screenshot(str(artifacts / "9-opened-job.png"))
