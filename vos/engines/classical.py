@@ -29,7 +29,7 @@ reference-image prompts need the SEEM engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -167,8 +167,8 @@ class ClassicalEngine(Engine):
         crop = _bounds(_within(mask, 4 * self._reach(mask)))
         return _ColourSample(bgr[crop].reshape(-1, 3), mask[crop].reshape(-1))
 
-    def _propagate(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> None:
-        prior = self._motion_prior(track, flow, bgr)
+    def _propagate(self, track: _Track, motion: _FrameMotion, bgr: np.ndarray) -> None:
+        prior = self._motion_prior(track, motion, bgr)
         if not prior.any() or track.fg_model is None:  # no colour models (e.g. the object fills its frames)
             track.mask, track.score = prior, float(prior.any())
             return
@@ -179,10 +179,10 @@ class ClassicalEngine(Engine):
         track.mask = cut | thin if agreement >= self.options.min_agreement else prior
         track.score = float(agreement)
 
-    def _motion_prior(self, track: _Track, flow: np.ndarray, bgr: np.ndarray) -> np.ndarray:
+    def _motion_prior(self, track: _Track, motion: _FrameMotion, bgr: np.ndarray) -> np.ndarray:
         """The previous mask moved to this frame: per-pixel flow where it follows the object's affine motion,
         corrected by motion segmentation against the camera's motion."""
-        previous = track.mask
+        previous, flow, grid = track.mask, motion.flow, motion.grid
         local = _warp(previous.astype(np.float32), flow)
         interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         affine = _fit_affine(interior if interior.any() else previous, flow)
@@ -192,17 +192,14 @@ class ClassicalEngine(Engine):
         # ``affine`` maps current to previous coordinates, which is warpAffine's inverse map.
         whole = cv2.warpAffine(previous.astype(np.float32), affine, (width, height),
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        grid = _Grid(width, height)
         object_motion = grid.affine(affine)
-        deviation = _distance(object_motion, grid.displaced(flow))
+        deviation = _distance(object_motion, motion.target)
         prior = np.where(deviation <= self.options.flow_tolerance, local, whole) > 0.5
-        camera = _fit_homography(~_within(previous, 3 * self._reach(previous)), flow)
-        if camera is None or track.fg_model is None:
+        if motion.camera_motion is None or track.fg_model is None:
             return prior
-        camera_motion = grid.homography(camera)
-        if _distance(camera_motion, grid.points)[previous].mean() < self.options.flow_tolerance:
+        if motion.camera_shift[previous].mean() < self.options.flow_tolerance:
             return prior  # a still camera: parts of the object at rest would look like background
-        return self._segment_by_motion(track, prior, bgr, grid.displaced(flow), object_motion, camera_motion,
+        return self._segment_by_motion(track, prior, bgr, motion.target, object_motion, motion.camera_motion,
                                        deviation)
 
     def _segment_by_motion(self, track: _Track, prior: np.ndarray, bgr: np.ndarray, flow_target: np.ndarray,
@@ -279,8 +276,10 @@ class _ClassicalPropagation(Propagation):
         self._tracks = {i: t for i, t in self._tracks.items() if i in objects and i not in seeds}
         if self._tracks and self._previous_gray is not None:
             flow = _resize_flow(self._flow.calc(gray, self._previous_gray, None), bgr.shape[:2])
+            masks = [track.mask for track in self._tracks.values()]
+            motion = _FrameMotion(flow, masks, engine._reach(masks[0]))
             for track in self._tracks.values():
-                engine._propagate(track, flow, bgr)
+                engine._propagate(track, motion, bgr)
         for object_id, mask in seeds.items():
             state = objects[object_id]
             assert isinstance(state, ClassicalObject)
@@ -339,6 +338,21 @@ def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray) -> np.ndarray | Non
     cv2.setRNGSeed(0)  # RANSAC samples from the global RNG; reseed so results are reproducible
     affine, _ = cv2.estimateAffine2D(current, previous, ransacReprojThreshold=2.0, maxIters=200, refineIters=5)
     return affine
+
+
+class _FrameMotion:
+    """The motion of one frame, shared by its objects: the flow, where it sends each pixel, and the camera's motion
+    (a homography fitted to the flow away from every object, or None when it cannot be fitted)."""
+
+    def __init__(self, flow: np.ndarray, masks: Sequence[np.ndarray], reach: float) -> None:
+        height, width = flow.shape[:2]
+        self.flow = flow
+        self.grid = _Grid(width, height)
+        self.target = self.grid.displaced(flow)
+        near_objects = _within(np.logical_or.reduce(masks), 3 * reach)
+        camera = _fit_homography(~near_objects, flow)
+        self.camera_motion = None if camera is None else self.grid.homography(camera)
+        self.camera_shift = None if camera is None else _distance(self.camera_motion, self.grid.points)
 
 
 class _Grid:
