@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -67,16 +67,19 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` of a child process: the kernel sends it SIGTERM when the parent dies (Linux only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+def die_with_parent(death_signal: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the kernel sends the child ``death_signal`` when its parent dies (Linux only)."""
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+    return arm
 
 
-def child_process(command: list[str], **kwargs: object) -> subprocess.Popen:
-    """Start a child that dies with this process, where the platform allows it."""
-    preexec = die_with_parent if sys.platform.startswith("linux") else None
+def child_process(command: list[str], death_signal: int = signal.SIGTERM, **kwargs: object) -> subprocess.Popen:
+    """Start a child that gets ``death_signal`` when this process dies, where the platform allows it."""
+    preexec = die_with_parent(death_signal) if sys.platform.startswith("linux") else None
     return subprocess.Popen(command, preexec_fn=preexec, **kwargs)  # noqa: PLW1509 - prctl needs to run in the child
 
 
@@ -122,10 +125,12 @@ def _wait_for_redis(port: int, process: subprocess.Popen) -> None:
 def _worker(queues: str) -> Iterator[subprocess.Popen]:
     with tempfile.TemporaryDirectory(prefix="vos-beat-") as folder:
         # Solo pool, one process: the engine lives in the worker process itself. -B runs the retention cleanup.
+        # If vos serve dies abruptly the worker is killed outright: its Redis dies at the same moment, and a warm
+        # shutdown would wait on it. A job it was running is re-queued by the reaper after the next start.
         command = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo",
                    "--concurrency", "1", "-Q", queues, "-B", "--schedule", str(Path(folder) / "beat-schedule"),
                    "--loglevel", "INFO"]
-        process = child_process(command, env=dict(os.environ))
+        process = child_process(command, death_signal=signal.SIGKILL, env=dict(os.environ))
         try:
             yield process
         finally:

@@ -24,6 +24,7 @@ from workers.core.store import JobStore
 
 log = logging.getLogger(__name__)
 RUN_JOB = "workers.tasks.run_job"
+STOP_WAIT_S = 2.0
 
 
 def create_celery(settings: ServiceSettings) -> Celery:
@@ -83,6 +84,13 @@ class Upkeep:
 
     def stop(self) -> None:
         self._stop.set()
+        # Best effort and bounded: the heartbeat ages out by itself, so a Redis that is down (or retried with
+        # backoff) must not hold up the worker's shutdown.
+        farewell = threading.Thread(target=self._forget, name="vos-upkeep-stop", daemon=True)
+        farewell.start()
+        farewell.join(STOP_WAIT_S)
+
+    def _forget(self) -> None:
         try:
             self.store.worker_gone(self.name)
         except Exception:  # noqa: BLE001 - shutting down; the heartbeat simply ages out
