@@ -15,6 +15,7 @@ const state = {
   lastEventId: null,
   run: null, // {id, total, done, startedAt}
   playing: null,
+  finishedRuns: 0,
   tracked: false, // a propagation ran: a later correction offers "re-track from here"
   lastLatencyMs: null, // from the release of the mouse button to the mask drawn on screen
   lastRequestMs: null, // of which the prompt request took this long
@@ -535,6 +536,7 @@ function onRunEvent(run) {
     return;
   }
   if (!state.run || state.run.id !== run.id) return;
+  state.finishedRuns += 1;
   const seconds = (performance.now() - state.run.startedAt) / 1000;
   $("#stop").disabled = true;
   $("#track-text").textContent = run.state === "failed"

@@ -57,12 +57,15 @@ def revision(driver: Any, frame: int) -> int:
     return driver.execute_script("return window.studio.state.masks.get(arguments[0])?.revision ?? 0;", frame)
 
 
-def wait_tracked(driver: Any, timeout: float = 240.0) -> str:
+def finished_runs(driver: Any) -> int:
+    return driver.execute_script("return window.studio.state.finishedRuns;")
+
+
+def wait_tracked(driver: Any, before: int, timeout: float = 240.0) -> str:
+    """The tracking text once a run started after ``before`` runs had finished is over."""
     from selenium.webdriver.common.by import By
 
-    running = "return window.studio.state.run !== null;"
-    wait_until(lambda: driver.execute_script(running), 30, "tracking to start", driver)
-    wait_until(lambda: not driver.execute_script(running), timeout, "tracking to end", driver)
+    wait_until(lambda: finished_runs(driver) > before, timeout, "the tracking to end", driver)
     return driver.find_element(By.ID, "track-text").text
 
 
@@ -140,11 +143,13 @@ def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, 
         first = mask(driver, 0)
         assert driver.execute_script("return window.studio.state.lastLatencyMs;") > 0
 
+        runs = finished_runs(driver)
         driver.find_element(By.ID, "track").click()
-        wait_until(lambda: driver.execute_script("return (window.studio.state.run?.done ?? 0) >= 10;"), 120,
-                   "frames to stream in", driver)
+        streaming = ("const s = window.studio.state;"
+                     "return (s.run?.done ?? 0) >= 10 || s.finishedRuns > arguments[0];")
+        wait_until(lambda: driver.execute_script(streaming, runs), 120, "frames to stream in", driver)
         driver.save_screenshot(str(artifacts / "3-tracking.png"))
-        assert "done" in wait_tracked(driver)
+        assert "done" in wait_tracked(driver, runs)
         assert all(revision(driver, i) >= 1 for i in range(50))
 
         go_to_frame(driver, 30)
@@ -158,8 +163,9 @@ def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, 
         assert retrack.is_displayed()
         driver.save_screenshot(str(artifacts / "4-corrected.png"))
         driver.execute_script("document.getElementById('direction').value = 'forward';")
+        runs = finished_runs(driver)
         retrack.click()
-        assert "done" in wait_tracked(driver)
+        assert "done" in wait_tracked(driver, runs)
         assert all(revision(driver, i) >= 2 for i in range(31, 50))  # re-tracked after the correction
         driver.save_screenshot(str(artifacts / "5-retracked.png"))
 
