@@ -392,9 +392,6 @@ class AsyncJobStore:
         state, error = await self.redis.hmget(self.keys.job(job_id), ["state", "error"])
         return (JobState(_text(state)) if state else None), (_text(error) if error else None)
 
-    async def ping(self) -> None:
-        await self.redis.ping()
-
     async def close(self) -> None:
         await self.redis.aclose()
 
