@@ -6,6 +6,7 @@ Registered through the ``seem_vos.commands`` entry-point group (``eval = "eval.c
     vos eval davis --root DAVIS --year 2016 --split train --prompt click --engine classical --out runs/
     vos eval davis --root DAVIS --year 2016 --predictions results/flow [--out reports/]
     vos eval youtube-vos --root YTVOS --year 2019 --engine seem --weights W --out runs/
+    vos eval interactive --root DAVIS --year 2016 --engine classical [--mask-corrections] --out reports/
 
 Engine runs write ``<out>/<engine>/<sequence>/<frame>.png`` (DAVIS; ``<out>/<engine>-<prompt>/`` with ``--prompt box``
 or ``click``, which also reports the mean IoU on the prompted frames) or ``<out>/<engine>/Annotations/...`` plus
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from eval.datasets import VosDataset, open_dataset
+from eval.interactive import MAX_ROUNDS, REPORT_ROUNDS, run_interactive, summary_row, write_interactive_report
 from eval.report import format_table, write_comparison, write_report
 from eval.runner import PROMPT_PROTOCOLS, EngineRun, ResultsError, prompted_frame_iou, run_engine, score_predictions
 from eval.youtube_vos import submission_files, write_submission
 from vos.cli import add_engine_arguments, engine_options
-from vos.engine import available_engines, engine_options_class
+from vos.engine import available_engines, create_engine, engine_options_class
 from vos.errors import VosError
 
 DEFAULT_ENGINE = "classical"
@@ -58,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _register_davis(benchmarks)
+    _register_interactive(benchmarks)
     _register_youtube_vos(benchmarks)
 
 
@@ -98,6 +101,30 @@ def _register_davis(benchmarks: argparse._SubParsersAction) -> None:
                         help="how engines are prompted on each object's first frame: its ground-truth mask, the tight "
                              "box around it, or one click at its interior point (default mask)")
     parser.set_defaults(func=run_davis)
+
+
+def _register_interactive(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "interactive",
+        help="DAVIS with a simulated user: one click per object, then one correction per round on the worst frame",
+        description="Round 0: one positive click at each object's interior point on its first annotated frame. Each "
+                    "further round corrects the frame with the lowest J (a click at the interior point of the "
+                    "largest error region, or with --mask-corrections its ground-truth masks) and propagates both "
+                    "ways from it. Reports J&F after rounds 0, 1, 3 and 5 and the rounds to reach J&F >= 0.8.",
+    )
+    parser.add_argument("--root", type=Path, required=True,
+                        help="DAVIS folder holding JPEGImages/, Annotations/, ImageSets/")
+    parser.add_argument("--year", choices=["2016", "2017"], default="2016", help="benchmark year (default 2016)")
+    parser.add_argument("--split", default="val", help="ImageSets split (default val)")
+    parser.add_argument("--sequences", nargs="+", metavar="SEQ", help="evaluate only these sequences")
+    parser.add_argument("--mask-corrections", action="store_true",
+                        help="correct with the worst frame's ground-truth masks instead of one click")
+    parser.add_argument("--rounds", type=int, default=MAX_ROUNDS,
+                        help=f"most correction rounds per sequence (default {MAX_ROUNDS})")
+    add_engine_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="report folder: interactive.csv, sequences/<name>.csv, jf-per-round.png")
+    parser.set_defaults(func=run_interactive_eval)
 
 
 def _register_youtube_vos(benchmarks: argparse._SubParsersAction) -> None:
@@ -215,6 +242,25 @@ def _write(write: Callable[[], object], where: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or exc
         raise ResultsError(f"cannot write the report into {where}: {reason}; pick a writable --out") from exc
+
+
+# ------------------------------------------------------------------------------------------------------ interactive
+
+
+def run_interactive_eval(args: argparse.Namespace) -> int:
+    if args.rounds < max(REPORT_ROUNDS):
+        raise UsageError(f"--rounds must be at least {max(REPORT_ROUNDS)}, the last reported round")
+    dataset = open_dataset(f"davis{args.year}", args.root, split=args.split, sequences=args.sequences)
+    engine = create_engine(args.engine, **engine_options(args))
+    results = run_interactive(dataset, engine, mask_corrections=args.mask_corrections, rounds=args.rounds)
+    mode = "mask" if args.mask_corrections else "click"
+    title = f"{args.engine}, {mode} corrections, DAVIS {args.year} {args.split}"
+    _write(lambda: write_interactive_report(results, args.out, title), args.out)
+    row = summary_row(results)
+    print(f"\nInteractive {title} ({len(results)} sequences):")
+    print("  ".join(f"{name} {value:.3f}" for name, value in row.items()))
+    print(f"interactive.csv, sequences/*.csv and jf-per-round.png in {args.out}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------ YouTube-VOS

@@ -39,6 +39,7 @@ __all__ = [
     "plot_comparison",
     "write_report",
     "write_comparison",
+    "save_figure",
 ]
 
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -115,7 +116,8 @@ def format_table(summaries: Mapping[str, Summary], first_column: str = "Method")
 # ------------------------------------------------------------------------------------------------------------- plots
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Lay out ``figure`` and write it to ``path`` as PNG."""
     figure.tight_layout()
     figure.savefig(path, dpi=100)  # a bare Figure renders with Agg: no pyplot state, no display
     return path
@@ -134,7 +136,7 @@ def plot_per_sequence(summary: Summary, path: str | os.PathLike[str], title: str
     axes.set_ylabel("J&F-Mean")
     axes.set_title(title or "J&F per sequence")
     axes.legend(loc="lower right")
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def plot_per_frame_j(summary: Summary, path: str | os.PathLike[str], title: str = "") -> Path:
@@ -149,7 +151,7 @@ def plot_per_frame_j(summary: Summary, path: str | os.PathLike[str], title: str 
     axes.set_ylabel("J (region similarity)")
     axes.set_title(title or "J per frame")
     axes.legend(fontsize=7, ncol=max(1, len(summary.per_object) // 20), loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def plot_comparison(summaries: Mapping[str, Summary], path: str | os.PathLike[str], title: str = "") -> Path:
@@ -169,7 +171,7 @@ def plot_comparison(summaries: Mapping[str, Summary], path: str | os.PathLike[st
     axes.set_ylabel("J&F-Mean")
     axes.set_title(title or "J&F by method")
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars may reach any height
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------------- bundles

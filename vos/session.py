@@ -262,15 +262,16 @@ class Session:
     # ------------------------------------------------------------------------------------------------ propagation
 
     def propagate(self, start: int, direction: Direction = "both", objects: Iterable[int] | None = None, *,
-                  through_anchors: bool = False,
+                  through_anchors: bool = False, midway: bool = False,
                   should_stop: Callable[[], bool] | None = None) -> Iterator[FrameResult]:
         """Propagate from frame ``start`` and yield every frame whose masks change, with its new revision.
 
         Each object (all, or those in ``objects``) starts from its anchor or stored mask on ``start``; objects
         without a mask there take no part. By default an object stops at its next prompted frame in the sweep's
-        direction, whose masks came from that prompt; with ``through_anchors`` it restarts from each anchor it meets
-        and goes on to the end of the video, and objects without a mask on ``start`` join at their first anchor.
-        ``"both"`` sweeps forward, then backward. ``should_stop`` is polled before every frame.
+        direction, whose masks came from that prompt; with ``midway`` it stops halfway there, so every frame keeps
+        the masks propagated from its nearest prompted frame. With ``through_anchors`` it restarts from each anchor
+        it meets and goes on to the end of the video, and objects without a mask on ``start`` join at their first
+        anchor. ``"both"`` sweeps forward, then backward. ``should_stop`` is polled before every frame.
         """
         if not 0 <= start < self.info.num_frames:
             raise PromptError(f"cannot propagate from frame {start}: the video has {self.info.num_frames} frames")
@@ -279,21 +280,23 @@ class Session:
         ids = sorted(self.objects) if objects is None else [self._object(i).object_id for i in objects]
         steps = {"forward": (1,), "backward": (-1,), "both": (1, -1)}[direction]
         for step in steps:
-            for result, changed in self._sweep(start, step, ids, through_anchors, should_stop):
+            for result, changed in self._sweep(start, step, ids, through_anchors, should_stop, midway):
                 if changed:
                     yield result
 
     def _sweep(self, start: int, step: int, ids: list[int], through_anchors: bool,
-               should_stop: Callable[[], bool] | None) -> Iterator[tuple[FrameResult, bool]]:
+               should_stop: Callable[[], bool] | None, midway: bool = False) -> Iterator[tuple[FrameResult, bool]]:
         """One sweep from ``start`` in direction ``step`` (+1 or -1): every frame it computes, with whether it
         changed."""
         objects = [self.objects[i] for i in ids]
+        halfway = {o.object_id: _halfway(o, start, step) for o in objects} if midway else {}
         propagation = self.engine.start_propagation()
         active: set[int] = set()
         end = self.info.num_frames if step > 0 else -1
         for index in range(start, end, step):
             if should_stop is not None and should_stop():
                 raise TrackingCancelled(f"tracking stopped at frame {index}")
+            active -= {i for i, last in halfway.items() if last is not None and (index - last) * step > 0}
             seeds = self._seeds(objects, index, index == start, active, through_anchors)
             active |= seeds.keys()
             if not active:
@@ -391,6 +394,16 @@ class Session:
     def _frame_result(self, index: int, stored: StoredFrame, seconds: float, image: np.ndarray | None) -> FrameResult:
         objects = {i: ObjectResult(i, stored.labels == i, score) for i, score in sorted(stored.scores.items())}
         return FrameResult(index, objects, self.info.height, self.info.width, seconds, image, stored.revision)
+
+
+def _halfway(obj: SessionObject, start: int, step: int) -> int | None:
+    """The last frame before the object's next anchor after ``start`` in direction ``step`` that is at least as
+    near ``start`` as that anchor; None without a next anchor."""
+    ahead = [frame for frame in obj.anchors if (frame - start) * step > 0]
+    if not ahead:
+        return None
+    following = min(ahead, key=lambda frame: abs(frame - start))
+    return start + step * (abs(following - start) // 2)
 
 
 def _ahead(obj: SessionObject, index: int, step: int) -> bool:

@@ -57,8 +57,8 @@ _CORRECTION_REACH = 0.1  # a correction may move the boundary this share of the 
 _CORRECTION_SIDE = 480  # corrections run GrabCut on the crop around the mask downscaled to at most this many pixels
 _CORRECTION_ITERATIONS = 3
 _CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
-_FLOOD_TOLERANCE = 24  # RGB levels a negative click's fill accepts around the clicked colour
-_REJECT_REACH = 2.0  # a negative click's fill stays within this many times its distance to the mask's border
+_FLOOD_TOLERANCE = 24  # RGB levels a correction click's fill accepts around the clicked colour
+_REJECT_REACH = 2.0  # a correction click's fill stays within this many times its distance to the mask's border
 
 
 @dataclass(frozen=True)
@@ -448,16 +448,30 @@ def _learn_colour_models(state: ClassicalObject) -> None:
 
 
 def _corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
-    """``current`` corrected by the prompt's clicks and strokes: positive ones grow it into what they point at,
-    negative ones cut away the part of it they point at."""
+    """``current`` corrected by the prompt's clicks and strokes: positive ones only add the part they point at,
+    negative ones only remove the part they point at."""
     height, width = current.shape
     positive, negative = _seed_masks(prompt, height, width)
-    mask = _grown(image, current, positive, negative) if positive.any() else current.copy()
+    mask = current.copy()
+    if positive.any():
+        added = _grown(image, current, positive, negative) & ~current
+        for point in prompt.points:
+            if point.positive:
+                added |= _pointed_part(image, ~mask, int(point.x), int(point.y))
+        mask |= _touching(added | positive, positive)
     for point in prompt.points:
         if not point.positive:
             mask &= ~_pointed_part(image, mask, int(point.x), int(point.y))
-    mask &= ~negative
-    return _overlapping(mask, mask & (current | positive)) if mask.any() else mask
+    return mask & ~negative
+
+
+def _touching(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The connected parts of ``region`` that contain a seed pixel."""
+    count, components = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(components[seeds & region])] = True
+    keep[0] = False
+    return keep[components]
 
 
 def _grown(image: np.ndarray, current: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
@@ -490,9 +504,10 @@ def _grown(image: np.ndarray, current: np.ndarray, positive: np.ndarray, negativ
 
 
 def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """The part of ``mask`` a negative click at (x, y) rejects: the region around the click coloured like it (a
-    flood fill within the mask), no farther from the click than ``_REJECT_REACH`` times the click's distance to the
-    mask's border: users click in the middle of the wrong part, so that distance tells its size."""
+    """The part of ``mask`` a click at (x, y) points at (the object a negative click rejects within the mask, or
+    the missed part a positive click adds outside it): the region around the click coloured like it (a flood fill
+    within ``mask``), no farther from the click than ``_REJECT_REACH`` times the click's distance to the mask's
+    border: users click in the middle of the wrong part, so that distance tells its size."""
     height, width = mask.shape
     if not mask[y, x]:
         return np.zeros_like(mask)
