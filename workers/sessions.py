@@ -77,10 +77,12 @@ class SessionSettings(BaseSettings):
     heartbeat_s: float = 1.0
     reply_timeout_s: float = 120.0  # longest wait for a command's reply (rebuilding a long session included)
     events_maxlen: int = 5_000  # revisions kept in a session's event stream; older ones are read from storage
-    storage_url: str | None = None  # defaults to the service's storage URL with "-sessions" appended
+    # Defaults to the "sessions" folder of the service's storage: on the volume or bucket the API and workers share
+    # (job upkeep leaves it alone: it only looks at folders named like job ids).
+    storage_url: str | None = None
 
     def storage_for(self, service: ServiceSettings) -> str:
-        return self.storage_url or service.storage_url.rstrip("/") + "-sessions"
+        return self.storage_url or service.storage_url.rstrip("/") + "/sessions"
 
 
 def get_session_settings() -> SessionSettings:
