@@ -77,6 +77,8 @@ class SessionSettings(BaseSettings):
     heartbeat_s: float = 1.0
     reply_timeout_s: float = 120.0  # longest wait for a command's reply (rebuilding a long session included)
     events_maxlen: int = 5_000  # revisions kept in a session's event stream; older ones are read from storage
+    frame_cache_mb: int = 64  # decoded frames kept per session on its worker
+    feature_cache_mb: int = 128  # the engine's per-frame data (features) kept per session on its worker
     # Defaults to the "sessions" folder of the service's storage: on the volume or bucket the API and workers share
     # (job upkeep leaves it alone: it only looks at folders named like job ids).
     storage_url: str | None = None
@@ -571,7 +573,7 @@ class SessionServer:
                                live.record.info.width)
         published = self._publish(live, restored)
         self.store.pop_last_log(live.record.id)
-        live.library.close()
+        _close(live.library)
         rebuilt = self._rebuild(live.record)
         live.library, live.applied, live.request_ids = rebuilt.library, rebuilt.applied, rebuilt.request_ids
         return published
@@ -634,7 +636,7 @@ class SessionServer:
         with self._lock:
             live = self.sessions.get(session_id)
         if live is not None and (record.worker != self.name or self.store.log_length(session_id) != live.applied):
-            live.library.close()  # changed by another worker while this one was presumed dead
+            _close(live.library)  # changed by another worker while this one was presumed dead
             live = None
         if live is None:
             live = self._rebuild(record)
@@ -662,7 +664,9 @@ class SessionServer:
             path = str(local)
         engine = shared_engine(record.engine, json.dumps(record.options, sort_keys=True))
         results = PublishedResults(lambda index: self._published(record.id, index), record.info)
-        library = Session(engine, open_video(path), results)
+        settings = self.store.session_settings
+        library = Session(engine, open_video(path), results, frame_cache_bytes=settings.frame_cache_mb << 20,
+                          feature_cache_bytes=settings.feature_cache_mb << 20)
         entries = self.store.read_log(record.id)
         for entry in entries:
             if entry["op"] == "prompt":  # the prompt meets its frame as it was then, so it gives the same masks
@@ -684,7 +688,7 @@ class SessionServer:
             stop.set()
         if thread is not None:
             if live is not None:
-                thread.submit(live.library.close)  # after the commands already queued
+                thread.submit(_close, live.library)  # after the commands already queued
             thread.shutdown(wait=False)
 
 
@@ -693,6 +697,12 @@ class SessionMoved(Exception):
 
 
 CHANGES = ("prompt", "remove", "clear")
+
+
+def _close(library: Session) -> None:
+    """Release the library session's results and caches, and its video (the session leaves that to its owner)."""
+    library.close()
+    library.video.close()
 
 
 def _frame_of(op: str, args: dict[str, Any]) -> int | None:
