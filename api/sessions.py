@@ -42,8 +42,8 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import ServiceContext, get_context, require_api_key
 from api.schemas import Problem, VideoMeta
-from api.uploads import _container, _probe, _store_video, queue_for
-from vos.engine import check_engine_options, engine_class
+from api.uploads import _check_kinds, _container, _engine_class, _options, _probe, _store_video, queue_for
+from vos.engine import engine_class
 from vos.errors import PromptError
 from vos.masks import MAX_OBJECT_ID
 from vos.prompts import parse_prompts, validate_prompts
@@ -180,7 +180,7 @@ async def create_session(
     """Open a session on an uploaded video, or on an existing job's video."""
     if (video is None) == (job_id is None):
         raise HTTPException(422, "give either a video file or a job_id, not both and not neither")
-    engine_options = _engine_options(engine, options)
+    engine_options = _options(options, _engine_class(engine))  # the jobs' checks (SEEM weights files included)
     queue = queue_for(engine, engine_options, context.settings)
     if not await _run(sessions.store.live_workers, queue):
         raise HTTPException(503, no_worker_message(queue, engine))
@@ -196,6 +196,7 @@ async def create_session(
         if job_id is not None:
             await _run(_import_job_masks, context, sessions, job_id, session_id, info)
     except BaseException:
+        await _run(sessions.store.delete, session_id)
         await _run(sessions.storage.remove_job, session_id)
         raise
     return await _status(request, sessions, session_id)
@@ -368,17 +369,6 @@ async def _status(request: Request, sessions: Sessions, session_id: str) -> Sess
         events_url=str(request.url_for("session_events", session_id=session_id)))
 
 
-def _engine_options(engine: str, options_json: str) -> dict[str, Any]:
-    try:
-        options = json.loads(options_json)
-    except json.JSONDecodeError as error:
-        raise HTTPException(422, f"options is not valid JSON: {error}") from None
-    if not isinstance(options, dict):
-        raise HTTPException(422, 'options must be a JSON object, e.g. {"working_width": 640}')
-    check_engine_options(engine, options)
-    return options
-
-
 def _store_upload(video: UploadFile, storage: Storage, session_id: str,
                   settings: ServiceSettings) -> tuple[str, VideoInfo]:
     name = f"video.{_container(video.filename, settings)}"
@@ -429,6 +419,7 @@ def _check_prompt(record: SessionRecord, prompt: dict[str, Any]) -> None:
 
     if "frame_index" not in prompt:
         raise PromptError("the prompt needs a frame_index: the frame it is drawn on")
+    _check_kinds([prompt], engine_class(record.engine))  # before any image in it is decoded
     parsed = parse_prompts([prompt], no_files)
     validate_prompts(parsed, record.info.width, record.info.height, record.info.num_frames)
     engine_class(record.engine).check_prompts(parsed)

@@ -305,6 +305,10 @@ BAD_REQUESTS = [
      "options"),
     ("POST", "/v1/sessions", {"files": {"video": ("x.mp4", b"", "video/mp4")}, "data": {"engine": "nope"}}, 422,
      "unknown engine"),
+    ("POST", "/v1/sessions", {"files": {"video": ("x.mp4", b"", "video/mp4")},
+                              "data": {"engine": "seem", "options": '{"weights": "/etc/passwd"}'}}, 422, "not allowed"),
+    ("POST", "/v1/sessions", {"files": {"video": ("x.mp4", b"", "video/mp4")},
+                              "data": {"options": '{"working_width": "abc"}'}}, 422, "working_width"),
 ]
 
 
