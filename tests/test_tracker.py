@@ -50,8 +50,8 @@ class _Repeat(Propagation):
 
 
 @pytest.fixture
-def swan_video(davis16_root: Path):
-    with open_video(davis16_root / "JPEGImages" / "480p" / "blackswan") as video:
+def swan_video(sample_video: Path):
+    with open_video(sample_video) as video:
         yield video
 
 
