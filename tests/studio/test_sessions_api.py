@@ -207,6 +207,29 @@ def test_reconnect_after_the_stream_was_trimmed_gets_the_latest_revision_of_ever
     assert resumed[-1]["event"] == "run" and resumed[-1]["data"]["state"] == "done"
 
 
+def test_stop_ends_a_propagation_early(client: httpx.Client, session: dict[str, Any]) -> None:
+    sid = session["id"]
+    prompt(client, sid, object_id=1, frame_index=0, points=click(*SWAN_POINT))
+    run = propagate(client, sid, 0, "forward")
+    events(client, sid, limit=4)  # the run is under way
+    assert client.post(f"/v1/sessions/{sid}/stop").json() == {"stopped": True}
+    read = events(client, sid, until_run=run["id"])
+    assert read[-1]["data"]["state"] == "stopped"
+    assert len(frames_of(read, run["id"])) < 49
+    assert client.get(f"/v1/sessions/{sid}").json()["run"] is None
+
+
+def test_a_prompt_during_propagation_stops_it_and_is_applied(client: httpx.Client, session: dict[str, Any]) -> None:
+    sid = session["id"]
+    prompt(client, sid, object_id=1, frame_index=0, points=click(*SWAN_POINT))
+    run = propagate(client, sid, 0, "forward")
+    events(client, sid, limit=4)
+    record = prompt(client, sid, object_id=2, frame_index=40, box={"x0": 700, "y0": 20, "x1": 850, "y1": 120})
+    assert record["frame"] == 40 and 2 in {o["object_id"] for o in record["objects"]}
+    read = events(client, sid, until_run=run["id"])
+    assert read[-1]["data"]["state"] == "stopped"
+
+
 def test_export_zip_json_and_overlay_hold_the_latest_revisions(client: httpx.Client,
                                                                 session: dict[str, Any]) -> None:
     sid = session["id"]
