@@ -1,7 +1,6 @@
 """Video input on real files: shared MP4s, DAVIS frame folders, and every kind of unreadable input."""
 
 import inspect
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ import psutil
 import pytest
 
 from vos.errors import VideoError
-from vos.video import DecordSource, FrameFolderSource, PyAVSource, open_video
+from vos.video import ArrayVideo, ByteLRUCache, DecordSource, FrameFolderSource, PyAVSource, open_video
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "blackswan.mp4"
@@ -100,11 +99,10 @@ def test_folder_without_frames(tmp_path: Path) -> None:
         open_video(tmp_path)
 
 
-def test_folder_with_mixed_sizes(tmp_path: Path, davis16_root: Path) -> None:
+def test_folder_with_mixed_sizes(tmp_path: Path) -> None:
     import cv2
 
-    source = davis16_root / "JPEGImages" / "480p" / "blackswan"
-    shutil.copy(source / "00000.jpg", tmp_path / "00000.jpg")
+    cv2.imwrite(str(tmp_path / "00000.jpg"), np.zeros((48, 64, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "00001.jpg"), np.zeros((100, 100, 3), np.uint8))
     with open_video(tmp_path) as video, pytest.raises(VideoError, match="one size"):
         list(video)
@@ -114,3 +112,66 @@ def test_unreadable_image_in_folder(tmp_path: Path) -> None:
     (tmp_path / "00000.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(VideoError, match="not a readable image"):
         open_video(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ random access
+
+ORDER = [37, 3, 4, 49, 0, 20, 21, 22, 48]  # backward, forward and repeated jumps
+
+
+@pytest.fixture(scope="module")
+def sample_frames() -> list[np.ndarray]:
+    with open_video(SAMPLE) as video:
+        return list(video)
+
+
+def _frame_folder(folder: Path, frames: list[np.ndarray]) -> Path:
+    import cv2
+
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))  # lossless
+    return folder
+
+
+@pytest.mark.parametrize("source", ["decord", "pyav", "folder", "arrays"])
+def test_random_access_returns_the_frames_of_sequential_decoding(source: str, sample_frames: list[np.ndarray],
+                                                                 tmp_path: Path) -> None:
+    opened = {
+        "decord": lambda: DecordSource(SAMPLE),
+        "pyav": lambda: PyAVSource(SAMPLE),
+        "folder": lambda: open_video(_frame_folder(tmp_path / "frames", sample_frames)),
+        "arrays": lambda: ArrayVideo(sample_frames),
+    }[source]
+    with opened() as video:
+        for index in ORDER:
+            frame = video.frame(index)
+            # decord and PyAV may convert colours with other scalers (see the fallback test above)
+            assert np.abs(frame.astype(int) - sample_frames[index].astype(int)).mean() < 2.0, (source, index)
+        with pytest.raises(VideoError, match="frame 50 does not exist"):
+            video.frame(50)
+
+
+def test_pyav_seeking_lands_on_the_exact_frame() -> None:
+    pyav = PyAVSource(SAMPLE)
+    sequential = list(pyav)
+    for index in ORDER:
+        assert np.array_equal(pyav.frame(index), sequential[index]), index
+    pyav.close()
+
+
+def test_byte_lru_cache_keeps_recent_values_within_its_budget() -> None:
+    cache = ByteLRUCache(max_bytes=3000)
+    computed = []
+
+    def make(key: int) -> np.ndarray:
+        computed.append(key)
+        return np.zeros(1000, np.uint8)
+
+    for key in (1, 2, 3, 1, 4):  # 1 is used again before 4 arrives, so 2 is the least recently used
+        cache.get_or_compute(key, lambda key=key: make(key))
+    assert computed == [1, 2, 3, 4] and len(cache) == 3 and cache.bytes == 3000
+    cache.get_or_compute(2, lambda: make(2))
+    assert computed[-1] == 2
+    cache.get_or_compute(9, lambda: np.zeros(5000, np.uint8))  # larger than the budget: returned, not kept
+    assert len(cache) == 3 and cache.bytes == 3000
