@@ -82,9 +82,10 @@ def create_job(request: JobRequest, settings: ServiceSettings, store: JobStore, 
         spec = JobSpec(video=video_name, prompts=raw_prompts, files=_store_files(storage, job_id, files),
                        engine=request.engine, options=options, overlay=request.overlay)
         storage.write_spec(job_id, spec)
+        now = time.time()
         job = Job(id=job_id, state=JobState.QUEUED, engine=request.engine, queue=queue, width=info.width,
                   height=info.height, fps=info.fps, num_frames=info.num_frames, objects=len(prompts),
-                  created_at=time.time())
+                  created_at=now, dispatched_at=now)
         store.create(job)
         send_job(job_id, queue)
     except BaseException:

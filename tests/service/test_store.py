@@ -109,10 +109,10 @@ def test_reaper_requeues_lost_jobs_and_removes_orphan_folders(quiet: JobStore, t
     orphan = new_job_id()
     storage.write_bytes(storage.path(orphan, "input", "video.mp4"), b"left by a dead API")
     sent: list[tuple[str, str]] = []
-    report = reap(quiet, storage, lambda job, queue: sent.append((job, queue)),
-                  now=time.time() + quiet.settings.orphan_grace_s + 1)
-    assert sent == [(job_id, "cpu")] and report.requeued == [job_id]
-    assert orphan in report.orphans_removed and not storage.exists(storage.path(orphan))
+    report = reap(quiet, storage, lambda job, queue: sent.append((job, queue)))
+    assert sent == [(job_id, "cpu")] and report.requeued == [job_id] and report.orphans_removed == []
+    later = reap(quiet, storage, lambda *job: None, now=time.time() + quiet.settings.orphan_grace_s + 1)
+    assert orphan in later.orphans_removed and not storage.exists(storage.path(orphan))
 
 
 def test_a_job_waiting_on_a_queue_without_workers_is_failed_with_a_message(quiet: JobStore):
@@ -128,3 +128,18 @@ def test_a_job_waiting_on_a_queue_without_workers_is_failed_with_a_message(quiet
     other = new_job(quiet)
     assert reap(quiet, storage, lambda *job: sent.append(job), now=later).unserved == []  # served: it waits
     assert quiet.get(other).state is JobState.QUEUED
+
+
+def test_a_waiting_job_whose_task_was_lost_is_queued_again(quiet: JobStore):
+    job_id = new_job(quiet)  # recorded, but its task never reached the queue (the API died in between)
+    quiet.worker_alive("somewhere:1", ("cpu",))
+    storage = Storage(quiet.settings.storage_url)
+    sent: list[tuple[str, str]] = []
+    assert reap(quiet, storage, lambda *job: sent.append(job)).redispatched == []  # sent just now: wait
+    later = time.time() + quiet.settings.redispatch_after_s + 1
+    quiet.redis.lpush(quiet.keys.queue("cpu"), "another task")
+    assert reap(quiet, storage, lambda *job: sent.append(job), now=later).redispatched == []  # may be in the queue
+    quiet.redis.delete(quiet.keys.queue("cpu"))
+    assert reap(quiet, storage, lambda *job: sent.append(job), now=later).redispatched == [job_id]
+    assert sent == [(job_id, "cpu")] and quiet.get(job_id).dispatched_at == later
+    assert reap(quiet, storage, lambda *job: sent.append(job), now=later + 1).redispatched == []  # once per period

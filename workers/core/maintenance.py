@@ -26,6 +26,7 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     unserved: list[str] = field(default_factory=list)
+    redispatched: list[str] = field(default_factory=list)
     orphans_removed: list[str] = field(default_factory=list)
 
 
@@ -43,6 +44,7 @@ def reap(store: JobStore, storage: Storage, send_job: SendJob, now: float | None
         elif outcome == GAVE_UP:
             report.failed.append(job_id)
     report.unserved = fail_unserved(store, now)
+    report.redispatched = redispatch_lost(store, send_job, now)
     report.orphans_removed = remove_orphans(store, storage, now)
     return report
 
@@ -62,6 +64,27 @@ def fail_unserved(store: JobStore, now: float | None = None) -> list[str]:
             if store.transition(job_id, JobState.FAILED, (state,), finished_at=now, error=message):
                 failed.append(job_id)
     return failed
+
+
+def redispatch_lost(store: JobStore, send_job: SendJob, now: float | None = None) -> list[str]:
+    """Queue again the waiting jobs whose task is gone: their queue is empty, yet they have waited for
+    ``redispatch_after_s`` since their task was sent (the API died right after recording the job, Redis lost the
+    message, or a worker took it while Redis was unreachable). A duplicate task is harmless: it finds the job
+    running under another worker's lease, or finished, and ends."""
+    now = time.time() if now is None else now
+    resent = []
+    for state in (JobState.QUEUED, JobState.RETRYING):
+        for job_id in store.ids_in_state(state):
+            job = store.get(job_id)
+            if job is None or now - (job.dispatched_at or job.created_at) < store.settings.redispatch_after_s:
+                continue
+            if store.queue_depth(job.queue):
+                continue
+            if store.transition(job_id, state, (state,), dispatched_at=now):
+                send_job(job_id, job.queue)
+                resent.append(job_id)
+                log.warning("job %s queued again: its task was lost", job_id)
+    return resent
 
 
 def remove_orphans(store: JobStore, storage: Storage, now: float | None = None) -> list[str]:

@@ -50,6 +50,7 @@ class Job(BaseModel):
     num_frames: int
     objects: int
     created_at: float
+    dispatched_at: float | None = None  # when its task was last put on the queue
     started_at: float | None = None
     finished_at: float | None = None
     last_frame: int = -1

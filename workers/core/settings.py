@@ -45,6 +45,7 @@ class ServiceSettings(BaseSettings):
     reaper_interval_s: float = Field(5.0, gt=0)  # how often a worker looks for jobs of lost workers
     max_attempts: int = Field(3, ge=1)  # runs of one job before it is failed as interrupted too often
     unserved_queue_s: float = Field(600.0, gt=0)  # a job waiting this long on a queue no worker serves is failed
+    redispatch_after_s: float = Field(60.0, gt=0)  # a waiting job whose queue is empty this long lost its task
     redis_retry_s: float = Field(60.0, ge=0)  # Redis operations are retried with backoff for about this long
     redis_timeout_s: float = Field(5.0, gt=0)  # a Redis command waits this long for an answer, then retries
     worker_alive_s: float = Field(15.0, gt=0)  # a worker without a heartbeat for this long counts as gone

@@ -161,7 +161,7 @@ if attempts >= tonumber(ARGV[4]) then
   redis.call('XADD', KEYS[3], '*', 'end', 'failed', 'error', error)
   return 2
 end
-redis.call('HSET', KEYS[1], 'state', 'retrying', 'retry_reason', ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'retrying', 'retry_reason', ARGV[5], 'dispatched_at', ARGV[3])
 redis.call('SREM', ARGV[2] .. 'running', ARGV[1])
 redis.call('SADD', ARGV[2] .. 'retrying', ARGV[1])
 return 1
