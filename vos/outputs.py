@@ -24,7 +24,8 @@ def frame_record(result: FrameResult) -> dict[str, Any]:
 
 
 class ResultWriter:
-    """Writes each :class:`FrameResult` as it arrives; call :meth:`close` (or use ``with``) at the end."""
+    """Writes each :class:`FrameResult` as it arrives, one call per frame (a session writes the latest revision of
+    each frame, see :meth:`vos.session.Session.write`); call :meth:`close` (or use ``with``) at the end."""
 
     def __init__(self, out_dir: str | Path, info: VideoInfo, *, pngs: bool = True, rle: bool = True,
                  overlay: bool = True) -> None:
@@ -34,7 +35,8 @@ class ResultWriter:
         if self._png_dir is not None:
             self._png_dir.mkdir(exist_ok=True)
         self._rle = (self.out_dir / RLE_FILE).open("w") if rle else None
-        self._overlay = OverlayWriter(self.out_dir / OVERLAY_FILE, info.fps, info.width, info.height) if overlay else None
+        self._overlay = (OverlayWriter(self.out_dir / OVERLAY_FILE, info.fps, info.width, info.height)
+                         if overlay else None)
 
     def write(self, result: FrameResult) -> None:
         labels = result.label_map()

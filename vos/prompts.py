@@ -1,13 +1,15 @@
 """Prompts: what the user says about an object on one frame.
 
 An :class:`ObjectPrompt` carries its frame (``frame_index``) and may combine several kinds (mask, points, box,
-scribbles, text, reference image + mask); an object may be prompted on many frames. Masks are held as bool arrays; :func:`parse_prompts` builds prompts from JSON, where a
-mask is given as COCO RLE, base64 PNG or the name of an uploaded PNG file.
+scribbles, text, reference image + mask); an object may be prompted on many frames. Masks are held as bool arrays;
+:func:`parse_prompts` builds prompts from JSON, where a mask is given as COCO RLE, base64 PNG or the name of an
+uploaded PNG file.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -104,7 +106,8 @@ class ObjectPrompt(BaseModel):
     @model_validator(mode="after")
     def _has_prompt(self) -> ObjectPrompt:
         if not self.kinds:
-            raise ValueError(f"object {self.object_id} has no prompt: give a mask, points, box, scribbles, text or reference")
+            raise ValueError(f"object {self.object_id} has no prompt: give a mask, points, box, scribbles, text or "
+                             "reference")
         return self
 
     @property
@@ -176,7 +179,8 @@ def _check_inside(x: float, y: float, width: int, height: int, what: str, inclus
 
 def _check_mask(mask: np.ndarray, height: int, width: int, what: str) -> None:
     if mask.shape != (height, width):
-        raise PromptError(f"{what} is {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}, expected {width}x{height}")
+        size = f"{mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}"
+        raise PromptError(f"{what} is {size}, expected {width}x{height}")
     if not mask.any():
         raise PromptError(f"{what} is empty")
 
@@ -212,12 +216,14 @@ def _resolve_files(item: dict[str, Any], load_file: FileLoader | None) -> dict[s
         item["mask"] = _load_mask(item["mask"], load_file)
     if isinstance(item.get("scribbles"), list):
         item["scribbles"] = [
-            {**s, "mask": _load_mask(s["mask"], load_file)} if isinstance(s, Mapping) and s.get("mask") is not None else s
+            {**s, "mask": _load_mask(s["mask"], load_file)}
+            if isinstance(s, Mapping) and s.get("mask") is not None else s
             for s in item["scribbles"]
         ]
     if isinstance(item.get("reference"), Mapping):
         ref = item["reference"]
-        item["reference"] = {"image": _load_image(ref.get("image"), load_file), "mask": _load_mask(ref.get("mask"), load_file)}
+        item["reference"] = {"image": _load_image(ref.get("image"), load_file),
+                             "mask": _load_mask(ref.get("mask"), load_file)}
     return item
 
 

@@ -1,12 +1,13 @@
 """The ``seem`` engine: zero-shot video object segmentation with SEEM v1 memory prompts (spec §6, §7, §11.3).
 
-Every frame is encoded once (backbone + pixel decoder). Each tracked object then takes one batch element of a
-single decoder call on the shared features, with
+Every frame is encoded once per session (backbone + pixel decoder; the features sit in the session's frame cache).
+Each prompted frame of an object is an *anchor*: the referring-image tokens of the object's mask there (or of the
+user's reference image + mask). In a propagation sweep each followed object takes one batch element of a single
+decoder call on the shared features, with
 
-* its spatial prompt for the frame: its *anchor* tokens (referring-image tokens of the object's first-frame mask,
-  or of the user's reference image + mask) and/or a click at the interior of its previous mask
-  (``propagation`` = ``"reference"``, ``"click"`` or ``"both"``);
-* its previous mask logits as the memory prompt ``prev_mask``.
+* its spatial prompt for the frame: the tokens of its anchor nearest in time and/or a click at the interior of its
+  previous mask (``propagation`` = ``"reference"``, ``"click"`` or ``"both"``);
+* its mask logits on the previous frame of the sweep (forward or backward) as the memory prompt ``prev_mask``.
 
 The selected spatial query's mask logits become the object's next memory.
 
@@ -17,10 +18,12 @@ the region the decoder found does not look like the object, so the object is rep
 its memory is dropped. While lost it is searched for with its anchor tokens and a memory that allows every
 location, the same decoder input a fresh object prompted with its reference gets, until the score is back up.
 
-**First frame.** A mask is taken as given. Points, boxes (as a click at the centre, the official "Box" mode, with
-the mask clipped to the box) and scribbles are decoded like interactive clicks; a text alone is grounded; a text
-next to a spatial prompt chooses among the 3 candidate masks by text similarity; a reference image + mask gives
-the anchor tokens (and is judged for absence, since nobody pointed at the object on the frame).
+**Prompts.** A mask is taken as given. Points, boxes (as a click at the centre, the official "Box" mode, with
+the mask clipped to the box) and scribbles are decoded like interactive clicks, in one decoder call with the frame's
+cached features; on a frame where the object already has a mask (a correction) that mask is the memory prompt, as in
+SEEM's interactive refinement. A text alone is grounded; a text next to a spatial prompt chooses among the 3
+candidate masks by text similarity; a reference image + mask gives the anchor tokens (and is judged for absence,
+since nobody pointed at the object on the frame).
 """
 
 from __future__ import annotations
@@ -245,7 +248,8 @@ class SeemEngine(Engine):
             (positive if point.positive else negative).logical_or_(click)
         if prompt.box is not None:
             box = prompt.box
-            positive |= self._click(features, *self._input_pixel(features, (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2))
+            centre = self._input_pixel(features, (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+            positive |= self._click(features, *centre)
         height, width = features.original_size
         for scribble in prompt.scribbles:
             stroke = self.model.prompt_masks(features, scribble.rasterize(height, width))[0]
@@ -356,7 +360,8 @@ class SeemEngine(Engine):
         """The decoded mask on the resized image; a prompt that selects nothing is an error."""
         mask = upsample_logits(logits[None].float(), features, output_size=features.image_size)[0] > 0
         if not bool(mask.any()):
-            raise PromptError(f"object {object_id}: the prompt selects nothing on its frame; give a mask or more clicks")
+            raise PromptError(f"object {object_id}: the prompt selects nothing on its frame; give a mask or more "
+                              "clicks")
         return mask
 
     def _inside_score(self, features: ImageFeatures, logits: Tensor) -> float:
