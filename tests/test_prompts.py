@@ -124,3 +124,14 @@ def test_absurd_scribble_widths_are_refused(width) -> None:
     raw = [{"object_id": 1, "scribbles": [{"lines": [[[1, 1], [5, 5]]], "width": width}]}]
     with pytest.raises(PromptError, match=r"scribbles\.0\.width"):
         parse_prompts(raw)
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ({"points": [{"x": 1, "y": 1}] * 1001}, "points: List should have at most 1000 items"),
+    ({"scribbles": [{"lines": [[[1, 1]] * 10_001]}]}, "at most 10000 points"),
+    ({"scribbles": [{"lines": [[[1, 1]]]}] * 101}, "scribbles: List should have at most 100 items"),
+    ({"points": [{"x": "NaN", "y": 1}], "frame_index": -1}, "frame_index: Input should be greater than or equal"),
+])
+def test_runaway_prompts_are_refused(item, message) -> None:
+    with pytest.raises(PromptError, match=message):
+        parse_prompts([{"object_id": 1, **item}])

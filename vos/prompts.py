@@ -20,6 +20,9 @@ from vos.masks import MAX_OBJECT_ID, decode_rle, mask_from_base64_png, mask_from
 
 PROMPT_KINDS = frozenset({"mask", "points", "box", "scribble", "text", "reference"})
 MAX_SCRIBBLE_WIDTH = 1000.0  # pixels; wider than any frame we accept is a mistake, and rasterising it costs memory
+MAX_POINTS = 1000  # clicks per object and frame; more is a runaway client, not a user
+MAX_LINES = 100  # scribbles per object and frame, and polylines per scribble
+MAX_LINE_POINTS = 10_000  # vertices of one polyline
 
 
 class Point(BaseModel):
@@ -49,7 +52,7 @@ class Scribble(BaseModel):
     """A stroke: polylines drawn ``width`` pixels wide, or a ready stroke mask."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-    lines: list[list[tuple[float, float]]] = Field(default_factory=list)
+    lines: list[list[tuple[float, float]]] = Field(default_factory=list, max_length=MAX_LINES)
     width: float = Field(default=5.0, gt=0, le=MAX_SCRIBBLE_WIDTH, allow_inf_nan=False,
                          description=f"stroke width in pixels, at most {MAX_SCRIBBLE_WIDTH:g}")
     positive: bool = True
@@ -59,6 +62,8 @@ class Scribble(BaseModel):
     def _has_stroke(self) -> Scribble:
         if self.mask is None and not any(self.lines):
             raise ValueError("scribble needs at least one polyline point or a stroke mask")
+        if any(len(line) > MAX_LINE_POINTS for line in self.lines):
+            raise ValueError(f"a scribble polyline may have at most {MAX_LINE_POINTS} points")
         return self
 
     def rasterize(self, height: int, width: int) -> np.ndarray:
@@ -90,9 +95,9 @@ class ObjectPrompt(BaseModel):
     object_id: int = Field(ge=1, le=MAX_OBJECT_ID)
     frame_index: int = Field(default=0, ge=0)
     mask: np.ndarray | None = None
-    points: list[Point] = Field(default_factory=list)
+    points: list[Point] = Field(default_factory=list, max_length=MAX_POINTS)
     box: Box | None = None
-    scribbles: list[Scribble] = Field(default_factory=list)
+    scribbles: list[Scribble] = Field(default_factory=list, max_length=MAX_LINES)
     text: str | None = None
     reference: Reference | None = None
 
