@@ -136,3 +136,23 @@ def test_two_seem_sessions_share_one_engine(davis16_root: Path, seem_engine) -> 
                               for _, ra, rb in zip(range(3), a.propagate(0, "forward"), b.propagate(0, "forward"))]))
     for solo, shared in zip(alone, together):
         assert all(np.array_equal(x, y) for x, y in zip(solo, shared))
+
+
+def test_a_seem_prompt_on_a_seen_frame_is_one_decoder_call(davis16_root: Path, seem_engine, monkeypatch) -> None:
+    frames, labels = _sequence(davis16_root, "dog", 2)
+    mask = labels[0] > 0
+    model = seem_engine.model
+    calls = {"encode_image": 0, "decode_prompt": 0}
+    for name in calls:
+        original = getattr(model, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(model, name, counted)
+    with Session(seem_engine, ArrayVideo(frames)) as session:
+        session.add_prompt(ObjectPrompt(object_id=1, mask=mask))
+        assert calls == {"encode_image": 1, "decode_prompt": 0}
+        session.add_prompt(ObjectPrompt(object_id=2, points=[interior_point(~mask)]))
+    assert calls == {"encode_image": 1, "decode_prompt": 1}  # the frame's features came from the session's cache
