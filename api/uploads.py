@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -129,16 +128,19 @@ def _options(options_json: str, engine_cls: type[Engine]) -> dict[str, Any]:
 
 
 def _check_seem_files(options: Mapping[str, Any]) -> None:
-    """Only registry checkpoints or files inside the weights folder: a client must not name the worker's files."""
-    from vos.seem.download import find_checkpoint, weights_dir
+    """Only registry checkpoints or files inside the weights folder (checked lexically, no file is touched), and
+    only variant names: a client must not make a worker probe or read its files."""
+    from vos.errors import WeightsNotAllowedError
+    from vos.seem.download import CHECKPOINTS, check_weights_location, find_checkpoint
 
     weights, variant = options.get("weights"), options.get("variant")
-    if weights is not None:
-        root = Path(os.path.abspath(weights_dir()))
-        inside = isinstance(weights, str) and Path(os.path.normpath(root / weights)).is_relative_to(root)
-        if not isinstance(weights, str) or (find_checkpoint(weights) is None and not inside):
-            raise EngineError(f"option weights={weights!r} is not allowed: give a checkpoint name (seem-focalt, "
-                              "seem-focall) or the name of a file in the server's weights folder")
+    if weights is not None and find_checkpoint(str(weights)) is None:
+        try:
+            check_weights_location(str(weights))
+        except WeightsNotAllowedError:  # its message shows the folder's path: the client gets one without it
+            raise EngineError(f"option weights={weights!r} is not allowed: give a checkpoint name "
+                              f"({', '.join(CHECKPOINTS)}) or the name of a file in the server's weights folder"
+                              ) from None
     if variant is not None and variant not in SEEM_VARIANTS:
         raise EngineError(f"option variant={variant!r} is not allowed: use one of {', '.join(SEEM_VARIANTS)}")
 
