@@ -180,7 +180,7 @@ class JobRunner:
             record = json.dumps(frame_record(result))
             # Persist before publishing: a reader that finds a frame trimmed from the stream reads it from storage.
             self.storage.write_bytes(self.storage.frame_path(self.job_id, result.index), record.encode())
-            self.store.publish_frame(self.job_id, self.token, result.index, record, getattr(result, "revision", 0))
+            self.store.publish_frame(self.job_id, self.token, result.index, record, result.revision)
             out.write(result)
             self.compute_s += result.seconds
 
