@@ -315,7 +315,7 @@ class SessionStore:
                 pipe.expire(self.keys.inbox(worker), 3600)  # the inbox of a dead worker goes away
                 pipe.execute()
             reply = self._await_reply(request_id, worker, queue, deadline)
-            if reply is not None:
+            if reply is not None and not reply.get("moved"):  # moved: resent to the session's new worker
                 if not reply["ok"]:
                     raise SessionCommandError(reply["status"], reply["detail"])
                 return reply["result"]
@@ -530,7 +530,8 @@ class SessionServer:
             return self._undo(live)
         assert op in CHANGES, f"unknown session command {op!r}"
         if command["id"] in live.request_ids:  # resent after a re-pin, but applied and logged already
-            return self._published(live.record.id, _frame_of(op, args)) or {}
+            frame = _frame_of(op, args)
+            return self._publish(live, live.library.result(frame, with_image=False)) if frame is not None else {}
         frame = _frame_of(op, args)
         before = self._published(live.record.id, frame) if frame is not None else None
         begin = time.perf_counter()
@@ -633,9 +634,12 @@ class SessionServer:
         record = self.store.get(session_id)
         if record is None:
             raise SessionCommandError(404, f"no session {session_id!r} (it may have expired)")
+        if record.worker != self.name:  # re-pinned while this worker was presumed dead: the API resends
+            self._forget(session_id)
+            raise SessionMoved(f"session {session_id} is pinned to {record.worker}")
         with self._lock:
             live = self.sessions.get(session_id)
-        if live is not None and (record.worker != self.name or self.store.log_length(session_id) != live.applied):
+        if live is not None and self.store.log_length(session_id) != live.applied:
             _close(live.library)  # changed by another worker while this one was presumed dead
             live = None
         if live is None:
@@ -727,6 +731,8 @@ def no_worker_message(queue: str, engine: str) -> str:
 
 
 def _error_reply(error: BaseException) -> dict[str, Any]:
+    if isinstance(error, SessionMoved):
+        return {"ok": False, "moved": True}
     if isinstance(error, SessionCommandError):
         return {"ok": False, "status": error.status, "detail": str(error)}
     if isinstance(error, VosError):
