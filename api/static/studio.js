@@ -121,7 +121,15 @@ async function openJob(jobId) {
   return api("/v1/sessions", { method: "POST", form });
 }
 
+let events = null; // the AbortController of the open session's event stream
+
 function openSession(session) {
+  events?.abort(); // the previous session's stream: its events must not reach this one
+  events = new AbortController();
+  for (const url of frameCache.values()) URL.revokeObjectURL(url);
+  frameCache.clear();
+  decoded.clear();
+  state.run = null;
   state.session = session;
   state.masks.clear();
   state.lastEventId = null;
@@ -142,7 +150,7 @@ function openSession(session) {
   loadStrip();
   layoutStage();
   showFrame(0);
-  followEvents(session.id);
+  followEvents(session.id, events.signal);
 }
 
 function setCapabilities(session) {
@@ -183,31 +191,33 @@ function frameUrl(index) {
   return sessionPath(`/frames/${index}?width=${Math.max(16, width)}`);
 }
 
-const frameCache = new Map(); // index -> object URL (frames are fetched with the API key header)
+const frameCache = new Map(); // "session:index" -> object URL (frames are fetched with the API key header)
 
 async function frameImage(index) {
-  if (!frameCache.has(index)) {
+  const key = `${state.session.id}:${index}`;
+  if (!frameCache.has(key)) {
     const response = await fetch(frameUrl(index), { headers: apiHeaders() });
     if (!response.ok) throw await readableError(response);
-    frameCache.set(index, URL.createObjectURL(await response.blob()));
+    frameCache.set(key, URL.createObjectURL(await response.blob()));
     if (frameCache.size > 300) {
       const [oldest, url] = frameCache.entries().next().value;
       URL.revokeObjectURL(url);
       frameCache.delete(oldest);
     }
   }
-  return frameCache.get(index);
+  return frameCache.get(key);
 }
 
 async function showFrame(index) {
-  const frames = state.session.video.num_frames;
+  const session = state.session;
+  const frames = session.video.num_frames;
   index = Math.max(0, Math.min(frames - 1, index));
   state.frame = index;
   $("#scrubber").value = index;
   $("#frame-label").textContent = `${index + 1} / ${frames}`;
   drawMasks();
   const url = await frameImage(index);
-  if (state.frame === index) $("#frame").src = url;
+  if (state.session === session && state.frame === index) $("#frame").src = url; // still what is wanted
   if (index + 1 < frames) frameImage(index + 1).catch(() => {}); // prefetch for playing and stepping
 }
 
@@ -557,13 +567,13 @@ function onFrameEvent(record) {
   if (!state.playing && $("#follow")?.checked) showFrame(record.frame);
 }
 
-async function followEvents(sessionId) {
+async function followEvents(sessionId, signal) {
   // NDJSON over fetch (EventSource cannot send the API key header); reconnects resume after the last event id.
-  while (state.session && state.session.id === sessionId) {
+  while (!signal.aborted && state.session?.id === sessionId) {
     const after = state.lastEventId ? `?after=${state.lastEventId}` : "";
     try {
       const response = await fetch(`/v1/sessions/${sessionId}/events${after}`,
-        { headers: apiHeaders({ Accept: "application/x-ndjson" }) });
+        { headers: apiHeaders({ Accept: "application/x-ndjson" }), signal });
       if (!response.ok) throw await readableError(response);
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
@@ -580,6 +590,7 @@ async function followEvents(sessionId) {
         }
       }
     } catch (error) {
+      if (signal.aborted) return; // another session was opened
       if (String(error.message).startsWith("404")) { showError(new Error("the session expired or was deleted")); return; }
       showError(new Error(`the live stream was interrupted (${error.message}); reconnecting`));
     }

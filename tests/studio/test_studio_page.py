@@ -248,11 +248,17 @@ def test_open_a_finished_job_shows_its_masks(server: Any, artifacts: Path) -> No
         wait_for(client, job["id"], lambda s: s["state"] == "succeeded", timeout=180)
     with chromium() as driver:
         driver.get(server.url + "/")
+        driver.find_element(By.ID, "video-file").send_keys(str(SAMPLE))  # a first session, left for the job's
+        wait_until(lambda: driver.execute_script("return window.studio.state.session?.id"), 60, "the upload", driver)
+        click_video(driver, *SWAN_POINT)
+        wait_until(lambda: revision(driver, 0) >= 1, 30, "the click's mask", driver)
         driver.find_element(By.ID, "job-id").send_keys(job["id"])
         driver.find_element(By.CSS_SELECTOR, "#job-form button").click()
         wait_until(lambda: driver.execute_script("return window.studio.state.masks.size;") == 50, 60,
                    "the job's masks", driver)
         assert driver.execute_script("return window.studio.state.session.source_job;") == job["id"]
+        runs = driver.execute_script("return [...window.studio.state.masks.values()].map((r) => r.run);")
+        assert set(runs) == {"job"}  # nothing of the first session leaked into this one
         assert mask(driver, 0).sum() > 10_000
         driver.execute_script("""const s = document.getElementById('scrubber'); s.value = 40;
                                  s.dispatchEvent(new Event('input'));""")
