@@ -535,14 +535,36 @@ class SessionServer:
         frame = _frame_of(op, args)
         before = self._published(live.record.id, frame) if frame is not None else None
         begin = time.perf_counter()
+        known = args.get("object_id") in live.library.objects
         changed = _apply(live.library, op, args)
+        republish = changed
+        if op == "remove" and not known:  # e.g. an object of the job the session was opened from
+            changed, republish = self._remove_published(live, args["object_id"]), []
         worker_ms = round(1000 * (time.perf_counter() - begin), 1)
         self.store.append_log(live.record.id, {"id": command["id"], "op": op, "args": args,
                                                "before": before["objects"] if before else []})
         live.applied += 1
         live.request_ids.add(command["id"])
-        published = [self._publish(live, live.library.result(index, with_image=False)) for index in changed]
+        published = [self._publish(live, live.library.result(index, with_image=False)) for index in republish]
         return {**published[0], "worker_ms": worker_ms} if frame is not None else {"changed": changed}
+
+    def _remove_published(self, live: LiveSession, object_id: int) -> list[int]:
+        """Remove an object the library session never had from the published frames, publishing each (the library
+        then reads them without it). Returns those frames; it is an error if no frame has the object."""
+        frames = [index for index in range(live.record.info.num_frames)
+                  if object_id in {o["object_id"] for o in (self._published(live.record.id, index) or
+                                                               {"objects": []})["objects"]}]
+        if not frames:
+            raise SessionCommandError(422, f"object {object_id} is not in this session")
+        for index in frames:
+            record = self._published(live.record.id, index)
+            assert record is not None
+            kept = [o for o in record["objects"] if o["object_id"] != object_id]
+            data = self.store.publish_objects(live.record.id, self.name, index, json.dumps(kept), "")
+            if data is None:
+                raise SessionMoved(f"session {live.record.id} moved to another worker")
+            self.storage.write_bytes(self.storage.frame_path(live.record.id, index), data.encode())
+        return frames
 
     def _publish(self, live: LiveSession, result: FrameResult, run_id: str = "") -> dict[str, Any]:
         """Publish a frame as its next revision and keep it in storage (where exports and rebuilds read it)."""
@@ -719,6 +741,8 @@ def _apply(library: Session, op: str, args: dict[str, Any]) -> list[int]:
     if op == "prompt":
         return [library.add_prompt(parse_prompts([args])[0]).index]
     if op == "remove":
+        if args["object_id"] not in library.objects:
+            return []  # an object only in published frames (an opened job's): removed from them when applied
         return library.remove_object(args["object_id"])
     if op == "clear":
         return [library.clear_prompts(args["object_id"], args["frame"]).index]

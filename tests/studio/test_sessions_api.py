@@ -311,9 +311,20 @@ def test_session_from_a_finished_job_opens_its_video(client: httpx.Client) -> No
     job_masks = {r["frame"]: mask_of(r, 1) for r in map(json.loads, job_frames) if "frame" in r}
     opened = [e["data"] for e in events(client, session["id"], limit=50) if e["event"] == "frame"]
     assert [f["frame"] for f in opened] == list(range(50)) and {f["run"] for f in opened} == {"job"}
-    assert all(iou(mask_of(f, 1), job_masks[f["frame"]]) == 1.0 for f in opened if job_masks[f["frame"]].any())
+    assert all(iou(mask_of(f, 1), job_masks[f["frame"]]) == 1.0 for f in opened if job_masks[f["frame"]] is not None)
     corrected = prompt(client, session["id"], object_id=1, frame_index=20, points=click(150, 150, positive=False))
     assert corrected["revision"] == 2  # a correction of the job's mask on that frame
+
+    untouched = client.post("/v1/sessions", data={"job_id": job["id"]}).json()  # the job's object, never prompted
+    removed = client.delete(f"/v1/sessions/{untouched['id']}/objects/1")
+    assert removed.status_code == 200, removed.text
+    latest: dict[int, dict[str, Any]] = {}
+    for event in events(client, untouched["id"], limit=50 + sum(m is not None for m in job_masks.values())):
+        if event["event"] == "frame":
+            latest[event["data"]["frame"]] = event["data"]
+    assert len(latest) == 50 and all(not f["objects"] for f in latest.values())  # gone from every frame
+    assert client.delete(f"/v1/sessions/{untouched['id']}/objects/1").status_code == 422  # and from the session
+    client.delete(f"/v1/sessions/{untouched['id']}")
     client.delete(f"/v1/sessions/{session['id']}")
 
 
