@@ -482,7 +482,7 @@ class SessionServer:
         """Drop sessions whose record expired or moved away, and files of sessions without a record."""
         now = time.time() if now is None else now
         with self._lock:
-            held = set(self.sessions) | set(self._threads)
+            held = set(self.sessions) | set(self._threads) | set(self._stops)
         for session_id in held:
             record = self.store.get(session_id)
             if record is None or record.worker != self.name:
