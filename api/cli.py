@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -123,18 +122,17 @@ def _wait_for_redis(port: int, process: subprocess.Popen) -> None:
 
 @contextmanager
 def _worker(queues: str) -> Iterator[subprocess.Popen]:
-    with tempfile.TemporaryDirectory(prefix="vos-beat-") as folder:
-        # Solo pool, one process: the engine lives in the worker process itself. -B runs the retention cleanup.
-        # If vos serve dies abruptly the worker is killed outright: its Redis dies at the same moment, and a warm
-        # shutdown would wait on it. A job it was running is re-queued by the reaper after the next start.
-        command = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo",
-                   "--concurrency", "1", "-Q", queues, "-B", "--schedule", str(Path(folder) / "beat-schedule"),
-                   "--loglevel", "INFO"]
-        process = child_process(command, death_signal=signal.SIGKILL, env=dict(os.environ))
-        try:
-            yield process
-        finally:
-            stop_process(process)
+    # Solo pool, one process and no children (the retention cleanup runs in its upkeep thread, not in a beat child):
+    # the engine lives in the worker process itself. If vos serve dies abruptly the worker is killed outright: its
+    # Redis dies at the same moment, and a warm shutdown would wait on it. A job it was running is re-queued by
+    # the reaper after the next start.
+    command = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "--concurrency", "1",
+               "-Q", queues, "--loglevel", "INFO"]
+    process = child_process(command, death_signal=signal.SIGKILL, env=dict(os.environ))
+    try:
+        yield process
+    finally:
+        stop_process(process)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:

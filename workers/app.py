@@ -17,7 +17,7 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 from kombu import Queue
 
-from workers.core.maintenance import reap
+from workers.core.maintenance import cleanup_expired, reap
 from workers.core.settings import QUEUES, ServiceSettings, get_settings
 from workers.core.storage import Storage
 from workers.core.store import JobStore
@@ -50,8 +50,6 @@ def create_celery(settings: ServiceSettings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"global_keyprefix": prefix},
-        beat_schedule={"cleanup-expired-jobs": {"task": "workers.tasks.cleanup",
-                                                "schedule": settings.cleanup_interval_s}},
         worker_hijack_root_logger=False,
     )
     return app
@@ -69,7 +67,8 @@ def worker_name() -> str:
 
 
 class Upkeep:
-    """The worker's background thread: heartbeats, and the reaper. A Redis error is logged and the loop goes on."""
+    """The worker's background thread: heartbeats, the reaper and the retention cleanup (Redis locks let one worker
+    do each per interval, so no beat process is needed). A Redis error is logged and the loop goes on."""
 
     def __init__(self, settings: ServiceSettings, queues: tuple[str, ...]) -> None:
         self.settings, self.queues = settings, queues
@@ -106,6 +105,8 @@ class Upkeep:
             self.store.worker_alive(self.name, self.queues)
             if self.store.try_lock("reaper", self.settings.reaper_interval_s):
                 reap(self.store, self.storage, send_job)
+            if self.store.try_lock("retention", self.settings.cleanup_interval_s):
+                cleanup_expired(self.store, self.storage)
         except Exception:  # noqa: BLE001 - one failed round must never end the thread (readiness depends on it)
             log.warning("worker upkeep failed; retrying in %.1f s", self.settings.renew_interval_s, exc_info=True)
 

@@ -1,4 +1,4 @@
-"""Celery tasks: run one tracking job, and delete expired jobs. Thin adapters over :func:`vos.tracker.track`.
+"""The Celery task that runs one tracking job: a thin adapter over :func:`vos.tracker.track`.
 
 A job runs under a lease renewed by a thread (:class:`LeaseKeeper`), independent of how long a frame takes.
 Every way out of :meth:`JobRunner.run` leaves the job in a final state, or running without a lease when Redis
@@ -27,7 +27,6 @@ from vos.prompts import ObjectPrompt, parse_prompts
 from vos.tracker import TrackingCancelled, track
 from vos.video import open_video
 from workers.app import app, worker_name
-from workers.core.maintenance import cleanup_expired
 from workers.core.models import Job, JobSpec, JobState
 from workers.core.settings import get_settings
 from workers.core.storage import Storage
@@ -74,11 +73,6 @@ def run_job(job_id: str) -> None:
             store.release_lease(job_id, token)
         except redis.RedisError:
             log.warning("could not release the lease of job %s; it expires by itself", job_id)
-
-
-@app.task(name="workers.tasks.cleanup")
-def cleanup() -> list[str]:
-    return cleanup_expired(_store(), _storage())
 
 
 class LeaseKeeper:

@@ -164,3 +164,24 @@ def test_a_job_for_a_queue_without_workers_is_refused(tmp_path, videos):
     assert "no worker serves the 'gpu' queue" in refused.json()["detail"]
     assert ready.status_code == 200 and ready.json()["workers"] == {"cpu": 1, "gpu": 0}
     assert gpu_ready.status_code == 503 and "'gpu'" in gpu_ready.json()["detail"]
+
+
+def test_workers_delete_expired_jobs_without_a_beat_process(tmp_path, videos):
+    """Retention runs in the workers' upkeep thread: a finished job's record and files go after retention_s."""
+    settings = private_settings(tmp_path, REDIS_URL, retention_s=2.0, cleanup_interval_s=1.0)
+    storage = Storage(settings.storage_url)
+    with private_service(settings, tmp_path) as (api, pool):
+        with api.client() as client:
+            job = submit(client, videos["tiny"], TINY_PROMPT, engine="static")
+            assert wait_for(client, job["id"], finished, timeout=60)["state"] == "succeeded"
+            gone = wait_for_gone(client, job["status_url"], timeout=30)
+    assert gone and not storage.exists(storage.path(job["id"]))
+
+
+def wait_for_gone(client, url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get(url).status_code == 404:
+            return True
+        time.sleep(0.2)
+    return False

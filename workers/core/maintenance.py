@@ -1,7 +1,8 @@
 """Periodic upkeep run by the workers: re-queue jobs of lost workers, remove orphan files, delete expired jobs.
 
-Every worker runs :func:`reap` every ``reaper_interval_s`` seconds (a Redis lock lets one of them do it per
-interval), so recovery does not wait for the broker's visibility timeout and needs no extra process.
+Every worker runs :func:`reap` every ``reaper_interval_s`` seconds and :func:`cleanup_expired` every
+``cleanup_interval_s`` (Redis locks let one of them do each per interval), so recovery does not wait for the
+broker's visibility timeout and neither needs an extra process.
 """
 
 from __future__ import annotations
