@@ -21,6 +21,9 @@ Every frame, at a reduced working resolution:
    bicycle's spokes) are beyond the colour models at working resolution, so the cut neither judges nor removes
    them. Small detached blobs are dropped, because background dragged along by the flow would otherwise be
    propagated forever.
+5. **Re-detection.** When too little of the mask has the object's prompt-frame colours, the mask is lost (stuck on
+   an occluder or the background); the blob of the frame most like the object replaces it
+   (:mod:`vos.engines.redetect`).
 
 Only the previous grey frame and each object's mask and colour models are kept. Objects are made exclusive on the
 full-resolution masks: a contested pixel goes to the object whose smoothed mask is higher there. Text and
@@ -40,6 +43,7 @@ from pydantic import Field
 from vos.engine import Engine, EngineOptions, ObjectResult, ObjectState, Propagation, VideoFrame
 from vos.engines.initial_mask import initial_mask
 from vos.engines.moving_region import MOTION_FRAMES
+from vos.engines.redetect import Reacquirer
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
 
@@ -87,6 +91,7 @@ class _Track:
     bg_model: np.ndarray | None  # the object's colour models (see ClassicalObject)
     fg_model: np.ndarray | None
     score: float
+    reacquirer: Reacquirer | None = None  # finds the object again when the mask loses it
 
 
 class ClassicalOptions(EngineOptions):
@@ -280,13 +285,24 @@ class _ClassicalPropagation(Propagation):
             motion = _FrameMotion(flow, masks, engine._reach(masks[0]))
             for track in self._tracks.values():
                 engine._propagate(track, motion, bgr)
+            _reacquire(self._tracks, bgr)
         for object_id, mask in seeds.items():
             state = objects[object_id]
             assert isinstance(state, ClassicalObject)
             small = _resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
-            self._tracks[object_id] = _Track(small, state.bg_model, state.fg_model, 1.0)
+            self._tracks[object_id] = _Track(small, state.bg_model, state.fg_model, 1.0, Reacquirer.start(bgr, small))
         self._previous_gray = gray
         return engine._results(frame.image.shape[:2], self._tracks, seeds)
+
+
+def _reacquire(tracks: Mapping[int, _Track], bgr: np.ndarray) -> None:
+    """Replace each lost mask by the object found again, never on pixels another object holds (see step 5)."""
+    for object_id, track in tracks.items():
+        if track.reacquirer is None:
+            continue
+        others = [other.mask for other_id, other in tracks.items() if other_id != object_id]
+        taken = np.logical_or.reduce(others) if others else None
+        track.mask = track.reacquirer.update(bgr, track.mask, taken)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
