@@ -42,7 +42,15 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import ServiceContext, get_context, require_api_key
 from api.schemas import Problem, VideoMeta
-from api.uploads import _check_kinds, _container, _engine_class, _options, _probe, _store_video, queue_for
+from api.uploads import (
+    available_engine_class,
+    check_kinds,
+    probe_video,
+    queue_for,
+    store_video,
+    validated_options,
+    video_container,
+)
 from vos.engine import engine_class
 from vos.errors import PromptError
 from vos.masks import MAX_OBJECT_ID
@@ -180,7 +188,8 @@ async def create_session(
     """Open a session on an uploaded video, or on an existing job's video."""
     if (video is None) == (job_id is None):
         raise HTTPException(422, "give either a video file or a job_id, not both and not neither")
-    engine_options = _options(options, _engine_class(engine))  # the jobs' checks (SEEM weights files included)
+    # The jobs' checks, SEEM weights files included.
+    engine_options = validated_options(options, available_engine_class(engine))
     queue = queue_for(engine, engine_options, context.settings)
     if not await _run(sessions.store.live_workers, queue):
         raise HTTPException(503, no_worker_message(queue, engine))
@@ -371,8 +380,8 @@ async def _status(request: Request, sessions: Sessions, session_id: str) -> Sess
 
 def _store_upload(video: UploadFile, storage: Storage, session_id: str,
                   settings: ServiceSettings) -> tuple[str, VideoInfo]:
-    name = f"video.{_container(video.filename, settings)}"
-    return name, _store_video(video.file, storage, session_id, name, settings)
+    name = f"video.{video_container(video.filename, settings)}"
+    return name, store_video(video.file, storage, session_id, name, settings)
 
 
 def _copy_job_video(job_id: str, context: ServiceContext, storage: Storage, session_id: str) -> tuple[str, VideoInfo]:
@@ -386,7 +395,7 @@ def _copy_job_video(job_id: str, context: ServiceContext, storage: Storage, sess
     with tempfile.TemporaryDirectory(prefix="vos-session-") as tmp:
         local = Path(tmp) / name
         context.storage.fs.get_file(found[0], str(local))
-        info = _probe(local, context.settings)
+        info = probe_video(local, context.settings)
         storage.put(str(local), storage.path(session_id, "input", name))
     return name, info
 
@@ -419,7 +428,7 @@ def _check_prompt(record: SessionRecord, prompt: dict[str, Any]) -> None:
 
     if "frame_index" not in prompt:
         raise PromptError("the prompt needs a frame_index: the frame it is drawn on")
-    _check_kinds([prompt], engine_class(record.engine))  # before any image in it is decoded
+    check_kinds([prompt], engine_class(record.engine))  # before any image in it is decoded
     parsed = parse_prompts([prompt], no_files)
     validate_prompts(parsed, record.info.width, record.info.height, record.info.num_frames)
     engine_class(record.engine).check_prompts(parsed)

@@ -63,17 +63,17 @@ class JobRequest:
 def create_job(request: JobRequest, settings: ServiceSettings, store: JobStore, storage: Storage,
                send_job: SendJob) -> Job:
     """Validate and store the upload, record the job and queue it. Blocking: run it in a worker thread."""
-    engine_cls = _engine_class(request.engine)
-    options = _options(request.options_json, engine_cls)
+    engine_cls = available_engine_class(request.engine)
+    options = validated_options(request.options_json, engine_cls)
     raw_prompts = _raw_prompts(request.prompts_json)
-    _check_kinds(raw_prompts, engine_cls)
-    extension = _container(request.video.filename, settings)
+    check_kinds(raw_prompts, engine_cls)
+    extension = video_container(request.video.filename, settings)
     queue = queue_for(request.engine, options, settings)
     _check_worker(store, queue, request.engine)
     job_id = new_job_id()
     try:
         video_name = f"video.{extension}"
-        info = _store_video(request.video.file, storage, job_id, video_name, settings)
+        info = store_video(request.video.file, storage, job_id, video_name, settings)
         _check_mask_headers(raw_prompts, info, request.extra_files, settings.max_prompt_file_bytes)
         files = _read_extra_files(request.extra_files, settings.max_prompt_file_bytes)
         prompts = _prompts(raw_prompts, files, engine_cls)
@@ -110,14 +110,16 @@ def _check_worker(store: JobStore, queue: str, engine: str) -> None:
                            f"for ever; start a {queue} worker{hint}, then submit again")
 
 
-def _engine_class(name: str) -> type[Engine]:
+def available_engine_class(name: str) -> type[Engine]:
+    """The engine class registered as ``name``; an engine whose module this server lacks is a user error."""
     try:
         return engine_class(name)
     except ImportError as error:  # registered, but its module is not installed in this deployment
         raise EngineError(f"engine {name!r} is not available on this server ({error})") from error
 
 
-def _options(options_json: str, engine_cls: type[Engine]) -> dict[str, Any]:
+def validated_options(options_json: str, engine_cls: type[Engine]) -> dict[str, Any]:
+    """The `options` form field, parsed and checked against the engine's typed options."""
     options = parse_json(options_json, "options")
     if not isinstance(options, dict):
         raise EngineError("options must be a JSON object, e.g. {\"resolution\": 512}")
@@ -180,7 +182,7 @@ def _raw_prompts(prompts_json: str) -> list[dict[str, Any]]:
     return raw
 
 
-def _check_kinds(raw: list[dict[str, Any]], engine_cls: type[Engine]) -> None:
+def check_kinds(raw: list[dict[str, Any]], engine_cls: type[Engine]) -> None:
     """Refuse prompt kinds the engine cannot use before any mask or image is decoded."""
     for index, item in enumerate(raw):
         kinds = {kind for key, kind in PROMPT_KEYS.items() if item.get(key) not in (None, [], "")}
@@ -269,7 +271,8 @@ def _read_extra_files(parts: list[UploadedFile], limit: int) -> dict[str, bytes]
     return files
 
 
-def _container(filename: str | None, settings: ServiceSettings) -> str:
+def video_container(filename: str | None, settings: ServiceSettings) -> str:
+    """The upload's container, from its file name; one the service does not take is a user error."""
     extension = Path(filename or "").suffix.lower().lstrip(".")
     if extension not in settings.allowed_containers:
         raise UploadError(415, f"video container {extension or '(no file extension)'!r} is not accepted; "
@@ -277,7 +280,7 @@ def _container(filename: str | None, settings: ServiceSettings) -> str:
     return extension
 
 
-def _store_video(source: BinaryIO, storage: Storage, job_id: str, name: str, settings: ServiceSettings) -> VideoInfo:
+def store_video(source: BinaryIO, storage: Storage, job_id: str, name: str, settings: ServiceSettings) -> VideoInfo:
     """Copy the upload to storage in chunks and probe it. Local storage gets it directly (a job folder without a
     record is removed by the reaper if this process dies); remote storage goes through a local scratch copy,
     named after this process so the next API start removes it if this one dies."""
@@ -285,11 +288,11 @@ def _store_video(source: BinaryIO, storage: Storage, job_id: str, name: str, set
         target = Path(storage.path(job_id, "input", name))
         target.parent.mkdir(parents=True, exist_ok=True)
         _copy_limited(source, target, settings.max_upload_bytes)
-        return _probe(target, settings)
+        return probe_video(target, settings)
     with upload_scratch_dir() as tmp:
         local = Path(tmp) / name
         _copy_limited(source, local, settings.max_upload_bytes)
-        info = _probe(local, settings)
+        info = probe_video(local, settings)
         storage.put(str(local), storage.path(job_id, "input", name))
     return info
 
@@ -304,7 +307,8 @@ def _copy_limited(source: BinaryIO, target: Path, limit: int) -> None:
             out.write(chunk)
 
 
-def _probe(path: Path, settings: ServiceSettings) -> VideoInfo:
+def probe_video(path: Path, settings: ServiceSettings) -> VideoInfo:
+    """Open a stored upload and check it against the video limits."""
     try:
         with open_video(path) as video:
             info = video.info
