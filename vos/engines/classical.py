@@ -62,6 +62,7 @@ _CORRECTION_SIDE = 240  # corrections run GrabCut on the crop around the mask do
 _CORRECTION_ITERATIONS = 2
 _CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
 _FLOOD_TOLERANCE = 24  # RGB levels a correction click's fill accepts around the clicked colour
+_REJECT_SEED = 0.5  # a negative click's sure-background disc: this share of its distance to the mask's border
 _REJECT_REACH = 2.0  # a correction click's fill stays within this many times its distance to the mask's border
 
 
@@ -476,9 +477,21 @@ def _corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt
                 added |= _pointed_part(image, ~mask, int(point.x), int(point.y))
         mask |= _touching(added | positive, positive)
     for point in prompt.points:
-        if not point.positive:
-            mask &= ~_pointed_part(image, mask, int(point.x), int(point.y))
+        if not point.positive and mask[int(point.y), int(point.x)]:
+            mask &= ~_rejected_part(image, mask, int(point.x), int(point.y))
     return mask & ~negative
+
+
+def _rejected_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """What a negative click inside ``mask`` removes: the click-coloured region around it (:func:`_pointed_part`)
+    and, from GrabCut started from the mask with a disc around the click sure background, the connected part of
+    the mask it then rejects that holds the click (wrongly taken background looks like background)."""
+    depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
+    disc = np.zeros(mask.shape, np.uint8)
+    cv2.circle(disc, (x, y), max(2, round(_REJECT_SEED * depth)), 1, -1)
+    seed = disc.astype(bool) & mask
+    cut = _grown(image, mask, np.zeros_like(mask), seed)
+    return _pointed_part(image, mask, x, y) | _touching(mask & ~cut, seed)
 
 
 def _touching(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
