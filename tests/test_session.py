@@ -90,6 +90,16 @@ def test_propagation_stops_at_the_next_prompted_frame(session) -> None:
     assert session.result(6, with_image=False).revision == 1  # the anchor itself was never overwritten
 
 
+def test_midway_propagation_leaves_each_frame_to_its_nearest_prompt(session) -> None:
+    session.add_prompt(ObjectPrompt(object_id=1, frame_index=0, mask=_disc(0)))
+    session.add_prompt(ObjectPrompt(object_id=1, frame_index=8, mask=_square(8)))  # the user changed their mind
+    assert [r.index for r in session.propagate(0, "forward", midway=True)] == [1, 2, 3, 4]
+    assert [r.index for r in session.propagate(8, "both", midway=True)] == [9, 7, 6, 5, 4]  # 4 is as near 8 as 0
+    masks = _masks(session)
+    assert all(_iou(masks[t][1], _disc(t)) > 0.8 for t in range(4))
+    assert all(_iou(masks[t][1], _square(t)) > 0.8 for t in range(4, N))
+
+
 def test_repropagation_yields_each_changed_frame_once_per_revision(session) -> None:
     session.add_prompt(ObjectPrompt(object_id=1, mask=_disc(0)))
     first = list(session.propagate(0, "forward"))
