@@ -161,3 +161,12 @@ def test_object_is_found_again_after_an_occlusion(davis16_root: Path, sequence: 
     gt = _gt(davis16_root, sequence, n)
     masks = np.stack([frame[1] for frame in _run(davis16_root, sequence, [ObjectPrompt(object_id=1, mask=gt[0])], n)])
     assert float(np.mean(region_similarity(gt[1:], masks[1:]))) > floor
+
+
+def test_fortran_order_mask_prompt_is_tracked(davis16_root: Path) -> None:
+    """Masks decoded from COCO RLE are column-major; the engine must take them like any other."""
+    gt = _gt(davis16_root, "blackswan", 3)
+    prompt = ObjectPrompt(object_id=1, mask=np.asfortranarray(gt[0]))
+    masks = [frame[1] for frame in _run(davis16_root, "blackswan", [prompt], 3)]
+    assert np.array_equal(masks[0], gt[0])
+    assert float(np.mean(region_similarity(gt[1:], np.stack(masks[1:])))) > 0.85
