@@ -106,6 +106,11 @@ def test_a_correction_feeds_the_current_mask_to_the_decoder(tiny_model, clip) ->
     fresh = engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), prompt, None).mask
     corrected = engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), prompt, ~mask).mask
     assert not np.array_equal(fresh, corrected)
+    # negative clicks alone correct the current mask (it stands in for the positive prompt)
+    negative = ObjectPrompt(object_id=1, points=[Point(x=5, y=5, positive=False)])
+    assert engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), negative, mask).mask.shape == mask.shape
+    with pytest.raises(VosError, match="only negative"):
+        engine.add_prompt(_frame(0, frames[0]), engine.new_object(1), negative, None)
 
 
 def test_the_memory_prompt_drives_propagation(tiny_model, clip) -> None:

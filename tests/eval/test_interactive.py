@@ -65,3 +65,16 @@ def test_cli_writes_the_report(davis16_root: Path, tmp_path: Path, capsys: pytes
     assert (out / "jf-per-round.png").stat().st_size > 1000
     assert main(["eval", "interactive", "--root", str(root), "--rounds", "3", "--out", str(out)]) == 2
     assert "--rounds must be at least 5" in capsys.readouterr().err
+
+
+def test_the_seem_engine_runs_the_interactive_protocol(davis16_root: Path, seem_fixtures: Path, tmp_path: Path) -> None:
+    from vos.seem.config import SeemConfig
+    from vos.seem.model import load_seem
+
+    config = SeemConfig.from_official_yaml(seem_fixtures / "tiny_config.yaml")
+    model = load_seem(seem_fixtures / "tiny_weights.pt", config, vocabulary=False)
+    engine = create_engine("seem", weights=model, resolution=256, absent_threshold=0.0)
+    dataset = Davis2016(build_davis16(davis16_root, tmp_path / "davis", 4))
+    result = interact(next(iter(dataset)), engine, rounds=5)
+    assert len(result.jf) == 6 and all(0.0 <= v <= 1.0 for v in result.jf)
+    assert all(c.kind in ("click+", "click-") for c in result.corrections)

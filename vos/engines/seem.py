@@ -148,8 +148,9 @@ class SeemEngine(Engine):
         elif prompt.kinds == {"text"}:
             outcome = self._ground_text(features, prompt)
         else:
-            memory = self._mask_logits(features, current) if current is not None and current.any() else None
-            slot = self._prompt_slot(features, prompt, state.query_indices, memory)
+            current = current if current is not None and current.any() else None
+            memory = self._mask_logits(features, current) if current is not None else None
+            slot = self._prompt_slot(features, prompt, state.query_indices, memory, current)
             (logits, embedding), = self._decode(features, [slot])
             outcome, _ = self._update(features, slot, logits, embedding)
         result = self._results(features, {prompt.object_id: outcome})[prompt.object_id]
@@ -221,9 +222,13 @@ class SeemEngine(Engine):
         return _Outcome(score=self._inside_score(features, logits), logits=logits)
 
     def _prompt_slot(self, features: ImageFeatures, prompt: ObjectPrompt, query_indices: Tensor,
-                     memory: Tensor | None) -> _Slot:
-        """Points, box, scribbles and/or a reference (plus an optional text) as one decoder batch element."""
+                     memory: Tensor | None, current: np.ndarray | None = None) -> _Slot:
+        """Points, box, scribbles and/or a reference (plus an optional text) as one decoder batch element. In a
+        correction (``current``: the object's mask on the frame) made of negative clicks alone, the positive
+        prompt is the current mask without what they reject."""
         positive, negative = self._spatial_masks(features, prompt)
+        if not positive.any() and current is not None:
+            positive = self.model.prompt_masks(features, current)[0] & ~negative
         anchor = self._anchor(features, prompt, None) if prompt.reference is not None else None
         pointed = bool(positive.any())
         if not pointed and anchor is None:
