@@ -4,12 +4,13 @@ A mask prompt is taken as given. Boxes, points and scribbles become GrabCut's tr
 (everything outside is background, and inside it the colours more common around the box than within it start as
 probable background), positive clicks and strokes are sure foreground, negative ones sure background, and the
 region the object probably covers is guessed from the positive seeds when no box is given. GrabCut runs on a crop
-around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count.
+around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count, and for
+2 iterations: on DAVIS 2016 train 5 gave the same IoU (click 0.679 vs 0.685, box 0.771 vs 0.770) at twice the cost.
 
 Given the frames that follow, the video's motion outlines the object (:mod:`vos.engines.moving_region`): clicks
 extend to the region moving like the clicked pixels, and a box's moving part starts as object and the rest of the box
 as background. On the 30 DAVIS 2016 train sequences this raises the first-frame IoU of a click at the object's
-interior point from 0.33 to 0.68, and of the tight ground-truth box from 0.70 to 0.78.
+interior point from 0.33 to 0.69, and of the tight ground-truth box from 0.70 to 0.77.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def initial_mask(
     frame: np.ndarray,
     prompt: ObjectPrompt,
     following: Sequence[np.ndarray] = (),
-    iterations: int = 5,
+    iterations: int = 2,
     max_side: int = 480,
 ) -> np.ndarray:
     """The object's mask (bool ``[H, W]``) on ``frame`` (RGB uint8) from its mask, points, box and scribbles.
