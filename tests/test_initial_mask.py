@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from skimage.morphology import skeletonize
 
+from vos.engine import VideoFrame
 from vos.engines.initial_mask import initial_mask
-from vos.engines.moving_region import MOTION_FRAMES
+from vos.engines.moving_region import MOTION_FRAMES, frame_motion
 from vos.errors import PromptError
 from vos.masks import read_label_png
 from vos.prompts import Box, ObjectPrompt, Point, Scribble
-from vos.video import read_image
+from vos.video import ByteLRUCache, read_image
 
 
 def _frame_and_gt(root: Path, sequence: str) -> tuple[np.ndarray, np.ndarray]:
@@ -142,3 +143,30 @@ def test_fortran_order_mask_prompt_comes_back_c_contiguous() -> None:
     mask[10:20, 5:30] = True
     result = initial_mask(np.zeros((48, 64, 3), np.uint8), ObjectPrompt(object_id=1, mask=mask))
     assert result.flags.c_contiguous and np.array_equal(result, mask)
+
+
+def test_frame_motion_is_measured_once_per_frame_for_all_its_prompts() -> None:
+    """Each prompt on a frame (another object, a box after a click) reuses the frame's motion: the following frames
+    are read and the flow computed once, and the cached speed gives the same mask as the frames themselves."""
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (96, 160, 3)).astype(np.float32), (0, 0), 2).astype(np.uint8)
+    frames = []
+    for t in range(1 + MOTION_FRAMES):
+        image = texture.copy()
+        cv2.circle(image, (50 + 4 * t, 48), 18, (220, 60, 40), -1)
+        frames.append(image)
+    reads: list[int] = []
+
+    def read(index: int) -> np.ndarray:
+        reads.append(index)
+        return frames[index]
+
+    frame = VideoFrame(0, frames[0], cache=ByteLRUCache(1 << 24), read=read, num_frames=len(frames))
+    speed = frame_motion(frame)
+    assert speed is not None and frame_motion(frame) is speed
+    assert reads == list(range(1, 1 + MOTION_FRAMES))
+    prompt = ObjectPrompt(object_id=1, points=[Point(x=50, y=48)])
+    assert np.array_equal(initial_mask(frames[0], prompt, speed=speed),
+                          initial_mask(frames[0], prompt, following=frames[1:]))
+    last = VideoFrame(len(frames) - 1, frames[-1], cache=ByteLRUCache(1 << 24), read=read, num_frames=len(frames))
+    assert frame_motion(last) is None  # nothing follows the last frame

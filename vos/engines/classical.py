@@ -42,7 +42,7 @@ from pydantic import Field
 
 from vos.engine import Engine, EngineOptions, ObjectResult, ObjectState, Propagation, VideoFrame
 from vos.engines.initial_mask import initial_mask
-from vos.engines.moving_region import MOTION_FRAMES
+from vos.engines.moving_region import frame_motion
 from vos.engines.redetect import Reacquirer
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
@@ -135,8 +135,8 @@ class ClassicalEngine(Engine):
         self.check_prompts([prompt])
         if prompt.mask is not None or prompt.box is not None or current is None or not current.any():
             # The next frames' motion outlines a clicked or boxed object (a mask needs no help).
-            following = frame.following(MOTION_FRAMES) if prompt.mask is None else []
-            mask = initial_mask(frame.image, prompt, following=following)
+            speed = frame_motion(frame) if prompt.mask is None else None  # once per frame, for all its prompts
+            mask = initial_mask(frame.image, prompt, speed=speed)
         else:
             mask = _corrected_mask(frame.image, current, prompt)
         bgr, _ = self._working_images(frame)

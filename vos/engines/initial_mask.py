@@ -47,11 +47,14 @@ def initial_mask(
     following: Sequence[np.ndarray] = (),
     iterations: int = 2,
     max_side: int = 480,
+    speed: np.ndarray | None = None,
 ) -> np.ndarray:
     """The object's mask (bool ``[H, W]``) on ``frame`` (RGB uint8) from its mask, points, box and scribbles.
 
     ``following`` are the frames after ``frame`` in the video (RGB, same size; the first ``MOTION_FRAMES`` are used):
-    given them, the object's motion against the camera outlines it (see the module docstring).
+    given them, the object's motion against the camera outlines it (see the module docstring). ``speed``, that
+    motion already measured (:func:`relative_motion` of ``frame`` over them, e.g. kept by :func:`frame_motion` for
+    every prompt on the frame), replaces them.
     """
     if prompt.mask is not None:
         return np.ascontiguousarray(prompt.mask, dtype=bool)
@@ -61,12 +64,14 @@ def initial_mask(
     assert all(later.shape == frame.shape for later in following), "following frames must match the frame's size"
     height, width = frame.shape[:2]
     trimap = _trimap(prompt, height, width)
-    if _clicks_only(prompt) and following:
-        _outline_by_motion(frame, following[:MOTION_FRAMES], trimap)
+    if speed is None and following and (_clicks_only(prompt) or prompt.box is not None):
+        speed = relative_motion(frame, following[:MOTION_FRAMES])
+    if _clicks_only(prompt) and speed is not None:
+        _outline_by_motion(speed, trimap)
     if prompt.box is not None:
         _demote_surrounding_colours(frame, trimap)
-        if following:
-            _split_box_by_motion(frame, following[:MOTION_FRAMES], trimap)
+        if speed is not None:
+            _split_box_by_motion(speed, trimap)
     fg_seed = trimap == cv2.GC_FGD
     mask = _grabcut_in_crop(frame, trimap, iterations, max_side)
     mask |= fg_seed
@@ -102,12 +107,11 @@ def _clicks_only(prompt: ObjectPrompt) -> bool:
     return prompt.box is None and not prompt.scribbles and any(point.positive for point in prompt.points)
 
 
-def _outline_by_motion(frame: np.ndarray, following: Sequence[np.ndarray], trimap: np.ndarray) -> None:
+def _outline_by_motion(speed: np.ndarray, trimap: np.ndarray) -> None:
     """Replace the guessed extent around clicks by the region moving like them: probable object inside it, probable
     background in the rest of its box grown by ``MOTION_BOX_MARGIN``, sure background beyond. Seeds stay as they are.
     Left unchanged when the clicked pixels do not move against the camera or their region spans most of the frame."""
     height, width = trimap.shape
-    speed = relative_motion(frame, following)
     size = (speed.shape[1], speed.shape[0])
     seeds = cv2.resize((trimap == cv2.GC_FGD).astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
     region = moving_region(speed, seeds)
@@ -125,7 +129,7 @@ def _outline_by_motion(frame: np.ndarray, following: Sequence[np.ndarray], trima
     trimap[free] = outline[free]
 
 
-def _split_box_by_motion(frame: np.ndarray, following: Sequence[np.ndarray], trimap: np.ndarray) -> None:
+def _split_box_by_motion(speed: np.ndarray, trimap: np.ndarray) -> None:
     """Inside the box, start what moves like its fastest part as probable object and the rest as probable background.
 
     Motion overrides the colour guess of :func:`_demote_surrounding_colours` where the box's object moves against
@@ -135,7 +139,7 @@ def _split_box_by_motion(frame: np.ndarray, following: Sequence[np.ndarray], tri
     inside = (trimap == cv2.GC_PR_FGD) | (trimap == cv2.GC_PR_BGD)
     if not inside.any():
         return
-    speed = cv2.resize(relative_motion(frame, following), (width, height), interpolation=cv2.INTER_LINEAR)
+    speed = cv2.resize(speed, (width, height), interpolation=cv2.INTER_LINEAR)
     moving = moving_part(speed, inside)
     if moving is not None:
         trimap[moving] = cv2.GC_PR_FGD

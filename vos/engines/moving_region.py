@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from vos.engine import VideoFrame
+
 # Width the motion is measured at: the cue outlines the object, the colour model then finds its boundary.
 MOTION_WIDTH = 480
 # How many following frames the motion cue uses; more see slow objects move, fewer lose fewer to occlusion.
@@ -59,6 +61,18 @@ def relative_motion(frame: np.ndarray, following: Sequence[np.ndarray]) -> np.nd
         residual[inconsistent] = 0.0
         speeds.append(residual / step)
     return cv2.GaussianBlur(np.median(np.stack(speeds), axis=0), (0, 0), 2)
+
+
+def frame_motion(frame: VideoFrame) -> np.ndarray | None:
+    """:func:`relative_motion` of a session's frame over its next ``MOTION_FRAMES`` frames, kept in the session's
+    frame cache so that every prompt on the frame (each object, each click) measures it once; None on the last
+    frame."""
+
+    def measure() -> np.ndarray | None:
+        following = frame.following(MOTION_FRAMES)
+        return relative_motion(frame.image, following) if following else None
+
+    return frame.cached("moving_region/speed", measure)
 
 
 def moving_region(speed: np.ndarray, seeds: np.ndarray) -> np.ndarray | None:
