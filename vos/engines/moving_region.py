@@ -20,7 +20,7 @@ from vos.engine import VideoFrame
 # Width the motion is measured at: the cue outlines the object, the colour model then finds its boundary.
 MOTION_WIDTH = 480
 # How many following frames the motion cue uses; more see slow objects move, fewer lose fewer to occlusion.
-MOTION_FRAMES = 3
+MOTION_FRAMES = 4
 # Forward-backward flow disagreement (pixels, plus this share of the flow's length) above which flow is not trusted.
 _CONSISTENCY_PIXELS = 1.0
 _CONSISTENCY_SHARE = 0.1
