@@ -117,13 +117,14 @@ def local_service(timeout: float = 120.0) -> Iterator[str]:
         process = child_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_until_ready(url, process, timeout)
+            wait_until_ready(url, process, timeout)
             yield url
         finally:
             stop_process(process)
 
 
-def _wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until the service that ``process`` started answers ``/readyz``; its exit or the timeout is an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

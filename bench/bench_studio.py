@@ -19,11 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import redis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests" / "studio"))
 from browser import chromium, click_video, missing_browser, wait_until  # noqa: E402
 
 from api.cli import free_port  # noqa: E402
+from api.client import wait_until_ready  # noqa: E402
 
 SAMPLE = REPO / "samples" / "blackswan.mp4"
 SWAN = (271.0, 319.0)  # the swan's interior on frame 0; it swims slowly, so nearby on every frame
@@ -47,7 +46,7 @@ def main() -> None:
         port = free_port()
         server = _serve(Path(tmp), port, prefix, args.redis_url)
         try:
-            _wait_ready(f"http://127.0.0.1:{port}")
+            wait_until_ready(f"http://127.0.0.1:{port}", server, timeout=120.0)
             results = _measure(f"http://127.0.0.1:{port}", args.clicks)
         finally:
             server.terminate()
@@ -76,16 +75,6 @@ def _serve(folder: Path, port: int, prefix: str, redis_url: str) -> subprocess.P
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def _wait_ready(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"vos serve was not ready within {timeout:g} s")
 
 
 def _measure(url: str, clicks: int) -> dict[str, object]:

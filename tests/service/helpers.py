@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,9 @@ def submit(client: httpx.Client, video: Path, prompts: Any = None, **fields: Any
     return response.json()
 
 
-def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None,
-             max_frames: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Frames (with their SSE ids checked) and the end event, or None if ``max_frames`` stopped reading first."""
-    frames: list[dict[str, Any]] = []
+def sse_events(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """The server-sent events of ``url``, each as its fields (``event``, ``id``, ``data``); comments are skipped.
+    Stopping the iteration closes the stream."""
     event: dict[str, str] = {}
     with client.stream("GET", url, headers=headers or {}) as response:
         assert response.status_code == 200, response.read()
@@ -49,15 +49,24 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
                 name, _, value = line.partition(":")
                 event[name] = value.strip()
                 continue
-            if event.get("event") == "end":
-                return frames, json.loads(event["data"])
-            if event.get("event") == "frame":
-                record = json.loads(event["data"])
-                assert int(event["id"]) == record["frame"]
-                frames.append(record)
-                if max_frames is not None and len(frames) >= max_frames:
-                    return frames, None
+            if event:
+                yield event
             event = {}
+
+
+def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None,
+             max_frames: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Frames (with their SSE ids checked) and the end event, or None if ``max_frames`` stopped reading first."""
+    frames: list[dict[str, Any]] = []
+    for event in sse_events(client, url, headers):
+        if event.get("event") == "end":
+            return frames, json.loads(event["data"])
+        if event.get("event") == "frame":
+            record = json.loads(event["data"])
+            assert int(event["id"]) == record["frame"]
+            frames.append(record)
+            if max_frames is not None and len(frames) >= max_frames:
+                return frames, None
     raise AssertionError("the stream closed without an end event")
 
 

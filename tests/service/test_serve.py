@@ -15,6 +15,7 @@ import httpx
 from helpers import finished, wait_for
 
 from api.cli import free_port
+from api.client import wait_until_ready
 
 PROMPT = [{"object_id": 1, "points": [{"x": 30, "y": 18}]}]
 
@@ -27,17 +28,6 @@ def start_serve(folder: Path, port: int) -> subprocess.Popen:
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"vos serve exited with {process.returncode}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"vos serve was not ready after {timeout} s")
 
 
 def children(pid: int) -> list[int]:
@@ -64,7 +54,7 @@ def test_killed_serve_takes_its_children_along_and_a_restart_finds_the_job(tmp_p
     url = f"http://127.0.0.1:{port}"
     serve = start_serve(tmp_path, port)
     try:
-        wait_ready(url, serve)
+        wait_until_ready(url, serve, timeout=180.0)
         with httpx.Client(base_url=url, timeout=60) as client:
             job = client.post("/v1/jobs", files={"video": ("tiny.mp4", videos["tiny"].read_bytes())},
                               data={"prompts": json.dumps(PROMPT), "engine": "classical", "overlay": "false"}).json()
@@ -87,7 +77,7 @@ def test_killed_serve_takes_its_children_along_and_a_restart_finds_the_job(tmp_p
 
     restarted = start_serve(tmp_path, port)
     try:
-        wait_ready(url, restarted)
+        wait_until_ready(url, restarted, timeout=180.0)
         with httpx.Client(base_url=url, timeout=60) as client:
             again = client.get(f"/v1/jobs/{job['id']}")
             masks = client.get(f"/v1/jobs/{job['id']}/results/masks.jsonl")

@@ -12,6 +12,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from helpers import sse_events
 from PIL import Image
 from studio_helpers import SAMPLE, SWAN_POINT, open_session
 
@@ -432,22 +433,11 @@ def test_sse_ids_resume_with_last_event_id(client: httpx.Client, session: dict[s
     run = propagate(client, sid, 0, "forward")
 
     def read(headers: dict[str, str], limit: int | None) -> list[tuple[str, str, dict[str, Any]]]:
-        read_events, event = [], {}
-        url = f"/v1/sessions/{sid}/events?until_run={run['id']}"
-        with client.stream("GET", url, headers=headers) as response:
-            assert response.headers["content-type"].startswith("text/event-stream")
-            for line in response.iter_lines():
-                if line.startswith(":"):
-                    continue
-                if line:
-                    name, _, value = line.partition(":")
-                    event[name] = value.strip()
-                    continue
-                if event:
-                    read_events.append((event["event"], event.get("id", ""), json.loads(event["data"])))
-                    event = {}
-                    if limit is not None and len(read_events) >= limit:
-                        break
+        read_events = []
+        for event in sse_events(client, f"/v1/sessions/{sid}/events?until_run={run['id']}", headers):
+            read_events.append((event["event"], event.get("id", ""), json.loads(event["data"])))
+            if limit is not None and len(read_events) >= limit:
+                break
         return read_events
 
     first = read({}, limit=5)
