@@ -27,6 +27,7 @@ import redis
 import uvicorn
 
 SERVICE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = SERVICE_DIR.parents[1]
 sys.path.insert(0, str(SERVICE_DIR))
 
 from fault_engines import register_fault_engines  # noqa: E402
@@ -267,28 +268,33 @@ def write_video(path: Path, frames: Iterator[np.ndarray], fps: float = 30.0) -> 
     return path
 
 
-def dog_frames(shared_dir: Path, count: int, width: int = 320, height: int = 180) -> Iterator[np.ndarray]:
+def clip_frames(count: int, width: int = 320, height: int = 180) -> Iterator[np.ndarray]:
+    """``count`` real frames, downscaled: the shared dog video when ``../shared`` is there (its dog is what
+    ``helpers.DOG_POINT`` clicks on), else the shipped sample clip, played back and forth to reach ``count``."""
     import av
     import cv2
 
-    with av.open(str(shared_dir / "data" / "videos" / "01_dog.mp4")) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index >= count:
-                return
-            yield cv2.resize(frame.to_ndarray(format="rgb24"), (width, height), interpolation=cv2.INTER_AREA)
+    shared_dog = REPO_ROOT.parent / "shared" / "data" / "videos" / "01_dog.mp4"
+    source = shared_dog if shared_dog.is_file() else REPO_ROOT / "samples" / "blackswan.mp4"
+    with av.open(str(source)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for _, frame in zip(range(count), container.decode(video=0))]
+    order = frames + frames[-2:0:-1]  # back and forth, so the motion stays smooth past the clip's end
+    for index in range(count):
+        yield cv2.resize(order[index % len(order)], (width, height), interpolation=cv2.INTER_AREA)
 
 
 @pytest.fixture(scope="session")
-def videos(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> dict[str, Path]:
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Short test videos: ``dog`` (30 frames, 320x180), ``dog60`` (60 frames), ``long`` (250 tiny frames),
-    ``tiny`` (4 frames, 64x36), ``2x2`` and ``huge`` (uniform 2x2 and 4096x4096 frames)."""
+    ``tiny`` (4 frames, 64x36), ``2x2`` and ``huge`` (uniform 2x2 and 4096x4096 frames). The real frames come from
+    :func:`clip_frames`, so the service tests need nothing outside the repository."""
     folder = tmp_path_factory.mktemp("videos")
     made = {
-        "tiny": write_video(folder / "tiny.mp4", dog_frames(shared_dir, 4, 64, 36)),
+        "tiny": write_video(folder / "tiny.mp4", clip_frames(4, 64, 36)),
         "2x2": write_video(folder / "2x2.mp4", (np.full((2, 2, 3), 90, np.uint8) for _ in range(3))),
         "huge": write_video(folder / "huge.mp4", (np.full((4096, 4096, 3), 90, np.uint8) for _ in range(2))),
-        "dog": write_video(folder / "dog.mp4", dog_frames(shared_dir, 30)),
-        "dog60": write_video(folder / "dog60.mp4", dog_frames(shared_dir, 60)),
+        "dog": write_video(folder / "dog.mp4", clip_frames(30)),
+        "dog60": write_video(folder / "dog60.mp4", clip_frames(60)),
         "long": write_video(folder / "long.mp4", (np.full((36, 64, 3), i % 255, np.uint8) for i in range(250))),
     }
     data = made["dog"].read_bytes()

@@ -19,7 +19,8 @@ from workers.core.models import JobState, new_job_id
 from workers.core.storage import Storage
 
 
-def test_stream_delivers_every_frame_once_and_masks_follow_the_dog(server, videos):
+def test_stream_delivers_every_frame_once_and_masks_follow_the_dog(server, videos, shared_dir):
+    # shared_dir: the masks are checked against the dog of the shared video (the clip's source when it is there).
     with server.client() as client:
         job = submit(client, videos["dog"])
         assert len(job["id"]) >= 20
