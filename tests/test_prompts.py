@@ -112,8 +112,8 @@ def test_duplicate_object_ids_and_no_prompts() -> None:
         validate_prompts([], W, H)
 
 
-def test_davis_ground_truth_as_png_file_prompt(davis16_root: Path) -> None:
-    png = (davis16_root / "Annotations" / "480p" / "blackswan" / "00000.png").read_bytes()
+def test_davis_ground_truth_as_png_file_prompt(sample_mask_path: Path) -> None:
+    png = sample_mask_path.read_bytes()  # the shipped sample's DAVIS annotation (blackswan, frame 0)
     (prompt,) = parse_prompts([{"object_id": 1, "mask": {"file": "gt"}}], {"gt": png}.__getitem__)
     assert prompt.mask.shape == (480, 854) and prompt.mask.sum() > 10_000
     validate_prompts([prompt], 854, 480, num_frames=50)
