@@ -41,9 +41,11 @@ import numpy as np
 from pydantic import Field
 
 from vos.engine import Engine, EngineOptions, ObjectResult, ObjectState, Propagation, VideoFrame
+from vos.engines.correction import corrected_mask
 from vos.engines.initial_mask import initial_mask
 from vos.engines.moving_region import frame_motion
 from vos.engines.redetect import Reacquirer
+from vos.engines.regions import bounds, resize, within
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
 
@@ -57,13 +59,6 @@ _MIN_BLOB_SHARE = 0.2  # detached blobs smaller than this share of an object's l
 _BACKGROUND_TOLERANCE = 0.7  # pixels whose flow is this close to the camera's motion move with the background
 _SPECKLE = np.ones((3, 3), np.uint8)  # pixels added by motion segmentation must survive an opening with this
 _THIN = np.ones((5, 5), np.uint8)  # parts of a mask that an opening with this element removes count as thin
-_CORRECTION_REACH = 0.1  # a correction may move the boundary this share of the frame's short side from the mask
-_CORRECTION_SIDE = 240  # corrections run GrabCut on the crop around the mask downscaled to at most this many pixels
-_CORRECTION_ITERATIONS = 2
-_CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
-_FLOOD_TOLERANCE = 24  # RGB levels a correction click's fill accepts around the clicked colour
-_REJECT_SEED = 0.5  # a negative click's sure-background disc: this share of its distance to the mask's border
-_REJECT_REACH = 2.0  # a correction click's fill stays within this many times its distance to the mask's border
 
 
 @dataclass(frozen=True)
@@ -138,9 +133,9 @@ class ClassicalEngine(Engine):
             speed = frame_motion(frame) if prompt.mask is None else None  # once per frame, for all its prompts
             mask = initial_mask(frame.image, prompt, speed=speed)
         else:
-            mask = _corrected_mask(frame.image, current, prompt)
+            mask = corrected_mask(frame.image, current, prompt)
         bgr, _ = self._working_images(frame)
-        small = _resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
+        small = resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
         state.samples[frame.index] = self._colour_sample(bgr, small)
         _learn_colour_models(state)
         return ObjectResult(prompt.object_id, mask, 1.0 if mask.any() else 0.0)
@@ -170,7 +165,7 @@ class ClassicalEngine(Engine):
         """The object's pixels and those of its surroundings (within 4 band widths) on an anchor frame."""
         if not mask.any():
             return _ColourSample(np.zeros((0, 3), np.uint8), np.zeros(0, bool))
-        crop = _bounds(_within(mask, 4 * self._reach(mask)))
+        crop = bounds(within(mask, 4 * self._reach(mask)))
         return _ColourSample(bgr[crop].reshape(-1, 3), mask[crop].reshape(-1))
 
     def _propagate(self, track: _Track, motion: _FrameMotion, bgr: np.ndarray) -> None:
@@ -216,7 +211,7 @@ class ClassicalEngine(Engine):
         with_camera = distinct & (from_camera < _BACKGROUND_TOLERANCE)
         tolerance = self.options.flow_tolerance
         with_object = (distinct & (deviation <= tolerance) & (from_camera > tolerance)
-                       & ~prior & _within(prior, 2 * self._reach(prior)))
+                       & ~prior & within(prior, 2 * self._reach(prior)))
         ys, xs = np.nonzero(with_object)
         colours = bgr[ys, xs].astype(np.float64)
         likely = _gmm_log_likelihood(track.fg_model, colours) > _gmm_log_likelihood(track.bg_model, colours)
@@ -235,7 +230,7 @@ class ClassicalEngine(Engine):
         trimap[outside <= reach] = cv2.GC_PR_BGD
         trimap[prior] = cv2.GC_PR_FGD
         trimap[inside > reach] = cv2.GC_FGD
-        crop = _bounds(outside <= 2 * reach)  # background context for the smoothness term, not the whole frame
+        crop = bounds(outside <= 2 * reach)  # background context for the smoothness term, not the whole frame
         labels = np.ascontiguousarray(trimap[crop])
         cv2.grabCut(np.ascontiguousarray(bgr[crop]), labels, None, track.bg_model, track.fg_model, 1,
                     cv2.GC_EVAL_FREEZE_MODEL)
@@ -253,7 +248,7 @@ class ClassicalEngine(Engine):
         """Full-size masks, one object per pixel: seeds are kept as given and win their pixels; the others are
         made exclusive on their smoothed masks."""
         # Upsampling the smoothed masks (not the binary ones) keeps the boundaries from turning blocky.
-        soft = {i: _resize(cv2.GaussianBlur(t.mask.astype(np.float32), (0, 0), 0.7), shape)
+        soft = {i: resize(cv2.GaussianBlur(t.mask.astype(np.float32), (0, 0), 0.7), shape)
                 for i, t in tracks.items() if i not in seeds}
         masks = exclusive_masks(soft)
         seeded = exclusive_masks({i: m.astype(np.float32) for i, m in seeds.items()})
@@ -290,7 +285,7 @@ class _ClassicalPropagation(Propagation):
         for object_id, mask in seeds.items():
             state = objects[object_id]
             assert isinstance(state, ClassicalObject)
-            small = _resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
+            small = resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
             self._tracks[object_id] = _Track(small, state.bg_model, state.fg_model, 1.0, Reacquirer.start(bgr, small))
         self._previous_gray = gray
         return engine._results(frame.image.shape[:2], self._tracks, seeds)
@@ -366,7 +361,7 @@ class _FrameMotion:
         self.flow = flow
         self.grid = _Grid(width, height)
         self.target = self.grid.displaced(flow)
-        near_objects = _within(np.logical_or.reduce(masks), 3 * reach)
+        near_objects = within(np.logical_or.reduce(masks), 3 * reach)
         camera = _fit_homography(~near_objects, flow)
         self.camera_motion = None if camera is None else self.grid.homography(camera)
         self.camera_shift = None if camera is None else _distance(self.camera_motion, self.grid.points)
@@ -424,17 +419,6 @@ def _gmm_log_likelihood(model: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return np.log(density + 1e-300)
 
 
-def _within(mask: np.ndarray, distance: float) -> np.ndarray:
-    """Pixels within ``distance`` of ``mask`` (the mask included)."""
-    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3) <= distance
-
-
-def _bounds(region: np.ndarray) -> tuple[slice, slice]:
-    """The bounding box of a non-empty region as a pair of slices."""
-    ys, xs = np.nonzero(region)
-    return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
-
-
 def _overlapping(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     """Keep the blobs of ``mask`` that overlap ``anchor`` and are not tiny next to its largest blob."""
     count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -462,110 +446,3 @@ def _learn_colour_models(state: ClassicalObject) -> None:
     cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
     cv2.grabCut(np.ascontiguousarray(pixels[None]), labels, None, state.bg_model, state.fg_model, 1,
                 cv2.GC_INIT_WITH_MASK)
-
-
-def _corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
-    """``current`` corrected by the prompt's clicks and strokes: positive ones only add the part they point at,
-    negative ones only remove the part they point at."""
-    height, width = current.shape
-    positive, negative = _seed_masks(prompt, height, width)
-    mask = current.copy()
-    if positive.any():
-        added = _grown(image, current, positive, negative) & ~current
-        for point in prompt.points:
-            if point.positive:
-                added |= _pointed_part(image, ~mask, int(point.x), int(point.y))
-        mask |= _touching(added | positive, positive)
-    for point in prompt.points:
-        if not point.positive and mask[int(point.y), int(point.x)]:
-            mask &= ~_rejected_part(image, mask, int(point.x), int(point.y))
-    return mask & ~negative
-
-
-def _rejected_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """What a negative click inside ``mask`` removes: the click-coloured region around it (:func:`_pointed_part`)
-    and, from GrabCut started from the mask with a disc around the click sure background, the connected part of
-    the mask it then rejects that holds the click (wrongly taken background looks like background)."""
-    depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
-    disc = np.zeros(mask.shape, np.uint8)
-    cv2.circle(disc, (x, y), max(2, round(_REJECT_SEED * depth)), 1, -1)
-    seed = disc.astype(bool) & mask
-    cut = _grown(image, mask, np.zeros_like(mask), seed)
-    return _pointed_part(image, mask, x, y) | _touching(mask & ~cut, seed)
-
-
-def _touching(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """The connected parts of ``region`` that contain a seed pixel."""
-    count, components = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[np.unique(components[seeds & region])] = True
-    keep[0] = False
-    return keep[components]
-
-
-def _grown(image: np.ndarray, current: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    """GrabCut started from the current mask, positive seeds sure object and negative ones sure background, free
-    to move the boundary within reach of the mask and of the positive seeds (so a click on a missed part grows the
-    mask into it)."""
-    height, width = current.shape
-    reach = max(8.0, _CORRECTION_REACH * min(height, width))
-    trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
-    trimap[_within(current | positive, reach)] = cv2.GC_PR_BGD
-    trimap[current] = cv2.GC_PR_FGD
-    trimap[positive] = cv2.GC_FGD
-    trimap[negative] = cv2.GC_BGD
-    crop = _bounds(_within(current | positive, 2 * reach))
-    scale = min(1.0, _CORRECTION_SIDE / max(crop[0].stop - crop[0].start, crop[1].stop - crop[1].start))
-    small_image, small_trimap = image[crop], trimap[crop]
-    if scale < 1.0:
-        size = (max(1, round(small_image.shape[1] * scale)), max(1, round(small_image.shape[0] * scale)))
-        small_image = cv2.resize(small_image, size, interpolation=cv2.INTER_AREA)
-        small_trimap = cv2.resize(small_trimap, size, interpolation=cv2.INTER_NEAREST)
-    labels = np.ascontiguousarray(small_trimap)
-    if np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():  # GrabCut needs background samples
-        cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
-        cv2.grabCut(cv2.cvtColor(np.ascontiguousarray(small_image), cv2.COLOR_RGB2BGR), labels, None,
-                    np.zeros((1, 65)), np.zeros((1, 65)), _CORRECTION_ITERATIONS, cv2.GC_INIT_WITH_MASK)
-    chosen = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
-    mask = current.copy()
-    mask[crop] = _resize(chosen, (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start)) > 0.5
-    return (mask | positive) & ~negative
-
-
-def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """The part of ``mask`` a click at (x, y) points at (the object a negative click rejects within the mask, or
-    the missed part a positive click adds outside it): the region around the click coloured like it (a flood fill
-    within ``mask``), no farther from the click than ``_REJECT_REACH`` times the click's distance to the mask's
-    border: users click in the middle of the wrong part, so that distance tells its size."""
-    height, width = mask.shape
-    if not mask[y, x]:
-        return np.zeros_like(mask)
-    depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
-    reach = np.zeros((height, width), np.uint8)
-    cv2.circle(reach, (x, y), max(2, round(_REJECT_REACH * depth)), 1, -1)
-    blocked = np.ones((height + 2, width + 2), np.uint8)
-    blocked[1:-1, 1:-1][mask & reach.astype(bool)] = 0
-    tolerance = (_FLOOD_TOLERANCE,) * 3
-    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (2 << 8)
-    cv2.floodFill(np.ascontiguousarray(image), blocked, (x, y), 0, tolerance, tolerance, flags)
-    disc = np.zeros((height, width), np.uint8)
-    cv2.circle(disc, (x, y), max(1, round(depth)), 1, -1)  # at least what surely lies in the wrong part
-    return (blocked[1:-1, 1:-1] == 2) | (disc.astype(bool) & mask)
-
-
-def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The prompt's positive and negative clicks (small discs) and strokes as bool masks."""
-    positive, negative = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
-    radius = max(2, round(_CLICK_RADIUS * min(height, width)))
-    for point in prompt.points:
-        cv2.circle(positive if point.positive else negative, (int(point.x), int(point.y)), radius, 1, -1)
-    for scribble in prompt.scribbles:
-        stroke = scribble.rasterize(height, width)
-        (positive if scribble.positive else negative)[stroke] = 1
-    return positive.astype(bool), negative.astype(bool)
-
-
-def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == shape:
-        return image
-    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,122 @@
+"""Corrections without learned weights: clicks and strokes on a frame where the object already has a mask.
+
+Positive clicks and strokes add the part they point at, negative ones remove the part they point at; the rest of
+the mask stays as it was.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from vos.engines.regions import bounds, resize, within
+from vos.prompts import ObjectPrompt
+
+_CORRECTION_REACH = 0.1  # a correction may move the boundary this share of the frame's short side from the mask
+_CORRECTION_SIDE = 240  # corrections run GrabCut on the crop around the mask downscaled to at most this many pixels
+_CORRECTION_ITERATIONS = 2
+_CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
+_FLOOD_TOLERANCE = 24  # RGB levels a correction click's fill accepts around the clicked colour
+_REJECT_SEED = 0.5  # a negative click's sure-background disc: this share of its distance to the mask's border
+_REJECT_REACH = 2.0  # a correction click's fill stays within this many times its distance to the mask's border
+
+
+def corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
+    """``current`` corrected by the prompt's clicks and strokes: positive ones only add the part they point at,
+    negative ones only remove the part they point at."""
+    height, width = current.shape
+    positive, negative = _seed_masks(prompt, height, width)
+    mask = current.copy()
+    if positive.any():
+        added = _grown(image, current, positive, negative) & ~current
+        for point in prompt.points:
+            if point.positive:
+                added |= _pointed_part(image, ~mask, int(point.x), int(point.y))
+        mask |= _touching(added | positive, positive)
+    for point in prompt.points:
+        if not point.positive and mask[int(point.y), int(point.x)]:
+            mask &= ~_rejected_part(image, mask, int(point.x), int(point.y))
+    return mask & ~negative
+
+
+def _rejected_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """What a negative click inside ``mask`` removes: the click-coloured region around it (:func:`_pointed_part`)
+    and, from GrabCut started from the mask with a disc around the click sure background, the connected part of
+    the mask it then rejects that holds the click (wrongly taken background looks like background)."""
+    depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
+    disc = np.zeros(mask.shape, np.uint8)
+    cv2.circle(disc, (x, y), max(2, round(_REJECT_SEED * depth)), 1, -1)
+    seed = disc.astype(bool) & mask
+    cut = _grown(image, mask, np.zeros_like(mask), seed)
+    return _pointed_part(image, mask, x, y) | _touching(mask & ~cut, seed)
+
+
+def _touching(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The connected parts of ``region`` that contain a seed pixel."""
+    count, components = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(components[seeds & region])] = True
+    keep[0] = False
+    return keep[components]
+
+
+def _grown(image: np.ndarray, current: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """GrabCut started from the current mask, positive seeds sure object and negative ones sure background, free
+    to move the boundary within reach of the mask and of the positive seeds (so a click on a missed part grows the
+    mask into it)."""
+    height, width = current.shape
+    reach = max(8.0, _CORRECTION_REACH * min(height, width))
+    trimap = np.full((height, width), cv2.GC_BGD, np.uint8)
+    trimap[within(current | positive, reach)] = cv2.GC_PR_BGD
+    trimap[current] = cv2.GC_PR_FGD
+    trimap[positive] = cv2.GC_FGD
+    trimap[negative] = cv2.GC_BGD
+    crop = bounds(within(current | positive, 2 * reach))
+    scale = min(1.0, _CORRECTION_SIDE / max(crop[0].stop - crop[0].start, crop[1].stop - crop[1].start))
+    small_image, small_trimap = image[crop], trimap[crop]
+    if scale < 1.0:
+        size = (max(1, round(small_image.shape[1] * scale)), max(1, round(small_image.shape[0] * scale)))
+        small_image = cv2.resize(small_image, size, interpolation=cv2.INTER_AREA)
+        small_trimap = cv2.resize(small_trimap, size, interpolation=cv2.INTER_NEAREST)
+    labels = np.ascontiguousarray(small_trimap)
+    if np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():  # GrabCut needs background samples
+        cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
+        cv2.grabCut(cv2.cvtColor(np.ascontiguousarray(small_image), cv2.COLOR_RGB2BGR), labels, None,
+                    np.zeros((1, 65)), np.zeros((1, 65)), _CORRECTION_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    chosen = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+    mask = current.copy()
+    mask[crop] = resize(chosen, (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start)) > 0.5
+    return (mask | positive) & ~negative
+
+
+def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The part of ``mask`` a click at (x, y) points at (the object a negative click rejects within the mask, or
+    the missed part a positive click adds outside it): the region around the click coloured like it (a flood fill
+    within ``mask``), no farther from the click than ``_REJECT_REACH`` times the click's distance to the mask's
+    border: users click in the middle of the wrong part, so that distance tells its size."""
+    height, width = mask.shape
+    if not mask[y, x]:
+        return np.zeros_like(mask)
+    depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
+    reach = np.zeros((height, width), np.uint8)
+    cv2.circle(reach, (x, y), max(2, round(_REJECT_REACH * depth)), 1, -1)
+    blocked = np.ones((height + 2, width + 2), np.uint8)
+    blocked[1:-1, 1:-1][mask & reach.astype(bool)] = 0
+    tolerance = (_FLOOD_TOLERANCE,) * 3
+    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (2 << 8)
+    cv2.floodFill(np.ascontiguousarray(image), blocked, (x, y), 0, tolerance, tolerance, flags)
+    disc = np.zeros((height, width), np.uint8)
+    cv2.circle(disc, (x, y), max(1, round(depth)), 1, -1)  # at least what surely lies in the wrong part
+    return (blocked[1:-1, 1:-1] == 2) | (disc.astype(bool) & mask)
+
+
+def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt's positive and negative clicks (small discs) and strokes as bool masks."""
+    positive, negative = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+    radius = max(2, round(_CLICK_RADIUS * min(height, width)))
+    for point in prompt.points:
+        cv2.circle(positive if point.positive else negative, (int(point.x), int(point.y)), radius, 1, -1)
+    for scribble in prompt.scribbles:
+        stroke = scribble.rasterize(height, width)
+        (positive if scribble.positive else negative)[stroke] = 1
+    return positive.astype(bool), negative.astype(bool)
