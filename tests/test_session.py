@@ -205,3 +205,21 @@ def test_bad_session_calls_are_clear_errors(session) -> None:
         list(session.propagate(10))
     with pytest.raises(PromptError, match="not in this session"):
         list(session.propagate(0, objects=[4]))
+    with pytest.raises(PromptError, match="cannot prepare frame -1"):
+        session.prepare(-1)
+
+
+def test_a_prepared_frame_gives_the_same_mask_from_its_cached_motion_cue(engine) -> None:
+    """Preparing a frame caches the engine's per-frame data (the motion cue the click needs), and the prompt that
+    follows uses it: the same mask as without preparing, and the cue is not measured again."""
+    click = ObjectPrompt(object_id=1, frame_index=2, points=[Point(x=24 + 4 * 2, y=40)])
+    with Session(engine, ArrayVideo(_clip())) as cold:
+        expected = cold.add_prompt(click).objects[1].mask
+    with Session(engine, ArrayVideo(_clip())) as prepared:
+        prepared.prepare(2)
+        cached = len(prepared._features)
+        assert cached > 0
+        mask = prepared.add_prompt(click).objects[1].mask
+        assert len(prepared._features) == cached  # nothing new was computed for the frame
+    assert np.array_equal(mask, expected)
+    assert _iou(mask, _disc(2)) > 0.8

@@ -175,6 +175,10 @@ class Engine(abc.ABC):
         a mask replaces it.
         """
 
+    def prepare_frame(self, frame: VideoFrame) -> None:
+        """Compute and cache what a prompt on ``frame`` needs before any prompt comes (image features, the motion
+        cue), so that a prompt costs only the decision itself. Front ends call it while the user looks at a frame."""
+
     @abc.abstractmethod
     def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
         """Forget what frame ``frame_index`` contributed to the object (its prompts there were cleared)."""

@@ -193,6 +193,16 @@ class Session:
     def frame(self, index: int) -> VideoFrame:
         return VideoFrame(index, self.image(index), self._features, self.image, self.info.num_frames)
 
+    def prepare(self, index: int) -> None:
+        """Decode frame ``index`` and let the engine cache its per-frame data (see :meth:`Engine.prepare_frame`):
+        a later prompt there then costs only the engine's decision."""
+        self._check_frame(index, "prepare")
+        self.engine.prepare_frame(self.frame(index))
+
+    def _check_frame(self, index: int, action: str) -> None:
+        if not 0 <= index < self.info.num_frames:
+            raise PromptError(f"cannot {action} frame {index}: the video has {self.info.num_frames} frames")
+
     def _decode(self, index: int) -> np.ndarray:
         image = self.video.frame(index)
         expected = (self.info.height, self.info.width)
@@ -273,8 +283,7 @@ class Session:
         it meets and goes on to the end of the video, and objects without a mask on ``start`` join at their first
         anchor. ``"both"`` sweeps forward, then backward. ``should_stop`` is polled before every frame.
         """
-        if not 0 <= start < self.info.num_frames:
-            raise PromptError(f"cannot propagate from frame {start}: the video has {self.info.num_frames} frames")
+        self._check_frame(start, "propagate from")
         if direction not in ("forward", "backward", "both"):
             raise EngineError(f"direction must be forward, backward or both, got {direction!r}")
         ids = sorted(self.objects) if objects is None else [self._object(i).object_id for i in objects]

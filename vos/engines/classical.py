@@ -140,6 +140,10 @@ class ClassicalEngine(Engine):
         _learn_colour_models(state)
         return ObjectResult(prompt.object_id, mask, 1.0 if mask.any() else 0.0)
 
+    def prepare_frame(self, frame: VideoFrame) -> None:
+        self._working_images(frame)
+        frame_motion(frame)
+
     def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
         assert isinstance(state, ClassicalObject)
         state.samples.pop(frame_index, None)

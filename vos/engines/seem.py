@@ -160,6 +160,9 @@ class SeemEngine(Engine):
             state.anchors.pop(frame.index, None)  # the object is absent here: nothing to learn from
         return result
 
+    def prepare_frame(self, frame: VideoFrame) -> None:
+        self._features(frame)
+
     def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
         assert isinstance(state, SeemObject)
         state.anchors.pop(frame_index, None)
