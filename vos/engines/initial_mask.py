@@ -4,8 +4,13 @@ A mask prompt is taken as given. Boxes, points and scribbles become GrabCut's tr
 (everything outside is background, and inside it the colours more common around the box than within it start as
 probable background), positive clicks and strokes are sure foreground, negative ones sure background, and the
 region the object probably covers is guessed from the positive seeds when no box is given. GrabCut runs on a crop
-around that region, downscaled to at most ``max_side`` pixels, because its cost grows with the pixel count, and for
-2 iterations: on DAVIS 2016 train 5 gave the same IoU (click 0.679 vs 0.685, box 0.771 vs 0.770) at twice the cost.
+around that region, downscaled, because its cost (its graph cut above all) grows with the pixel count and the
+iterations. Boxes and strokes run at 480 pixels and 2 iterations: on DAVIS 2016 train 5 iterations gave the same IoU
+(click 0.679 vs 0.685, box 0.771 vs 0.770) at twice the cost. Clicks must answer at once (issue 11: <= 150 ms per
+prompt in a session), so they run at 360 pixels and 1 iteration: DAVIS 2016 train click IoU 0.673 against 0.674 at
+480/2, with GrabCut's median CPU time 78 ms against 208 ms (320/1: 0.650; 240/2: 0.618; GrabCut at 240 with a
+frozen-model graph cut redrawing the boundary at 480: 0.621, so the loss at low resolution is in the regions it
+chooses, not at their boundary). Box at 360/1 would lose 0.03 (0.737).
 
 Given the frames that follow, the video's motion outlines the object (:mod:`vos.engines.moving_region`): clicks
 extend to the region moving like the clicked pixels, and a box's moving part starts as object and the rest of the box
@@ -39,14 +44,16 @@ BOX_COLOUR_BINS = 16
 MAX_MOTION_SHARE = 0.6
 # ... and its bounding box grown by this share of its size on each side holds the background GrabCut learns from.
 MOTION_BOX_MARGIN = 0.1
+# GrabCut's cost grows with the pixels of its crop and its iterations (its graph cut dominates). Clicks must answer
+# at once (issue 11: <= 150 ms per prompt); boxes and strokes keep the finer, slower setting (see the docstring).
+CLICK_SIDE, CLICK_ITERATIONS = 360, 1
+GRABCUT_SIDE, GRABCUT_ITERATIONS = 480, 2
 
 
 def initial_mask(
     frame: np.ndarray,
     prompt: ObjectPrompt,
     following: Sequence[np.ndarray] = (),
-    iterations: int = 2,
-    max_side: int = 480,
     speed: np.ndarray | None = None,
 ) -> np.ndarray:
     """The object's mask (bool ``[H, W]``) on ``frame`` (RGB uint8) from its mask, points, box and scribbles.
@@ -73,7 +80,9 @@ def initial_mask(
         if speed is not None:
             _split_box_by_motion(speed, trimap)
     fg_seed = trimap == cv2.GC_FGD
-    mask = _grabcut_in_crop(frame, trimap, iterations, max_side)
+    clicks = _clicks_only(prompt)
+    mask = _grabcut_in_crop(frame, trimap, CLICK_ITERATIONS if clicks else GRABCUT_ITERATIONS,
+                            CLICK_SIDE if clicks else GRABCUT_SIDE)
     mask |= fg_seed
     return _keep_seeded_components(mask, fg_seed)
 

@@ -36,6 +36,8 @@ _MIN_PART_SPEED = 0.6
 _MIN_PART_SHARE = 0.05
 # Step (working pixels) of the grid of flow vectors the camera's homography is fitted to.
 _CAMERA_SAMPLE_STEP = 6
+# DIS preset of the motion cue: on DAVIS 2016 train the FAST preset costs the click's first-frame IoU 0.673 -> 0.614.
+_DIS_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 
 
 def relative_motion(frame: np.ndarray, following: Sequence[np.ndarray]) -> np.ndarray:
@@ -43,7 +45,7 @@ def relative_motion(frame: np.ndarray, following: Sequence[np.ndarray]) -> np.nd
     ``following`` (RGB frames of the same size after it); float32 ``[h, w]`` at the motion width."""
     assert following, "the motion cue needs at least one following frame"
     first = _gray(frame)
-    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = cv2.DISOpticalFlow_create(_DIS_PRESET)
     height, width = first.shape
     xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     points = np.stack([xs, ys], axis=-1)
