@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -169,6 +170,13 @@ class FrameMasks(BaseModel):
                                                       "frame and running the engine)")
 
 
+class PreparedFrame(BaseModel):
+    frame: int
+    prepared: bool = Field(description="false when a later frame superseded it, or the session was propagating")
+    reason: str | None = Field(None, description="why the frame was not prepared")
+    worker_ms: float | None = Field(None, description="time the worker spent preparing the frame")
+
+
 # ---------------------------------------------------------------------------------------------- endpoints
 
 
@@ -203,7 +211,7 @@ async def create_session(
                                                          session_id)
         await _run(sessions.store.create, session_id, engine, engine_options, queue, name, info, job_id)
         if job_id is not None:
-            await _run(_import_job_masks, context, sessions, job_id, session_id, info)
+            await _run(_import_job, context, sessions, job_id, session_id, info)
     except BaseException:
         await _run(sessions.store.delete, session_id)
         await _run(sessions.storage.remove_job, session_id)
@@ -247,17 +255,44 @@ async def session_thumbnails(session_id: SessionId, sessions: SessionsDep,
                     headers={"X-Frames": ",".join(map(str, indices)), "Cache-Control": "private, max-age=3600"})
 
 
+@router.post("/{session_id}/frames/{index}/prepare", response_model=PreparedFrame, responses={422: {"model": Problem}})
+async def prepare_frame(session_id: SessionId, sessions: SessionsDep,
+                        index: Annotated[int, PathParam(ge=0)]) -> PreparedFrame:
+    """Let the session's worker decode the frame and compute what a prompt on it needs (the engine's per-frame
+    data: the classical engine's motion cue, SEEM's image features) while the user looks at it, so that a click
+    there costs only the engine's decision. The page calls it for the frame it shows.
+
+    Only the frame asked for last is prepared: a request still waiting when a later one comes answers
+    ``prepared: false``, and so does one made while the session propagates."""
+    _check_frame(await _run(sessions.record, session_id), index)
+    return PreparedFrame(**await _call(sessions, session_id, "prepare", {"frame": index}))
+
+
 @router.post("/{session_id}/prompts", response_model=FrameMasks, responses={409: {"model": Problem},
                                                                            422: {"model": Problem}})
-async def add_prompt(session_id: SessionId, sessions: SessionsDep,
+async def add_prompt(session_id: SessionId, sessions: SessionsDep, response: Response,
                      prompt: Annotated[dict[str, Any], Body(description=(
                          'one object prompt on one frame, e.g. {"object_id": 1, "frame_index": 0, '
                          '"points": [{"x": 10, "y": 20, "positive": true}]}; box, scribbles, mask '
                          '({"rle": ...} or {"png_base64": ...}), text'))]) -> FrameMasks:
-    """Add a prompt (or a correction) for an object on a frame; returns that frame's masks for every object."""
+    """Add a prompt (or a correction) for an object on a frame; returns that frame's masks for every object.
+
+    The ``Server-Timing`` header splits the time the API spent: ``check`` (the prompt's checks), ``relay`` (the
+    round trip to the session's worker), ``worker`` (the worker's part of it, from receiving the command to its
+    reply) and ``engine`` (the library session applying the prompt: the engine's decision)."""
+    begin = time.perf_counter()
     record = await _run(sessions.record, session_id)
     await _run(_check_prompt, record, prompt)
-    return FrameMasks(**await _call(sessions, session_id, "prompt", prompt))
+    checked = time.perf_counter()
+    timings: dict[str, float] = {}
+    masks = FrameMasks(**await _call(sessions, session_id, "prompt", prompt, timings))
+    relay_ms = 1000 * (time.perf_counter() - checked)
+    response.headers["Server-Timing"] = ", ".join(
+        f"{name};dur={value:.1f}" for name, value in (
+            ("check", 1000 * (checked - begin)), ("relay", relay_ms),
+            ("worker", timings.get("worker_total_ms", 0.0)), ("engine", masks.worker_ms or 0.0),
+            ("api", 1000 * (time.perf_counter() - begin))))
+    return masks
 
 
 @router.delete("/{session_id}/objects/{object_id}", responses={200: {"description": "the object is gone"}})
@@ -358,9 +393,10 @@ async def _run(function: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(partial(function, *args))
 
 
-async def _call(sessions: Sessions, session_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+async def _call(sessions: Sessions, session_id: str, op: str, args: dict[str, Any],
+                timings: dict[str, float] | None = None) -> dict[str, Any]:
     try:
-        return await _run(sessions.store.call, session_id, op, args)
+        return await _run(sessions.store.call, session_id, op, args, timings)
     except SessionCommandError as error:
         raise HTTPException(error.status, str(error)) from None
 
@@ -400,10 +436,15 @@ def _copy_job_video(job_id: str, context: ServiceContext, storage: Storage, sess
     return name, info
 
 
-def _import_job_masks(context: ServiceContext, sessions: Sessions, job_id: str, session_id: str,
-                      info: VideoInfo) -> None:
+def _import_job(context: ServiceContext, sessions: Sessions, job_id: str, session_id: str, info: VideoInfo) -> None:
     """The job's masks become revision 1 of their frames (run "job"): the studio shows them, and corrections and
-    propagations start from them."""
+    propagations start from them.
+
+    The job's prompts become the session's anchors, so that every object of the job takes part in propagations:
+    on each frame the job prompted an object, its mask there (what the job made of the prompt, whatever its kind
+    or the job's engine, and what the user sees) is logged as a mask prompt, which the worker replays."""
+    prompted = {(p.get("object_id"), p.get("frame_index", 0)) for p in context.storage.read_spec(job_id).prompts}
+    anchors = []
     for frame in range(info.num_frames):
         try:
             record = json.loads(context.storage.read_bytes(context.storage.frame_path(job_id, frame)))
@@ -412,6 +453,11 @@ def _import_job_masks(context: ServiceContext, sessions: Sessions, job_id: str, 
         data = sessions.store.publish_objects(session_id, "", frame, json.dumps(record["objects"]), "job")
         assert data is not None, "a new session is pinned to no worker yet"
         sessions.storage.write_bytes(sessions.storage.frame_path(session_id, frame), data.encode())
+        anchors += [{"object_id": o["object_id"], "frame_index": frame, "mask": {"rle": o["rle"]}}
+                    for o in record["objects"] if (o["object_id"], frame) in prompted and o["area"] > 0]
+    if anchors:
+        sessions.store.append_log(session_id, {"id": new_job_id(), "op": "import", "args": {"anchors": anchors},
+                                               "before": []})
 
 
 def _check_frame(record: SessionRecord, index: int) -> None:

@@ -303,8 +303,11 @@ class SessionStore:
 
     # ------------------------------------------------------------------ commands
 
-    def call(self, session_id: str, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run a command on the session's worker and return its reply; re-pins and resends if the worker dies."""
+    def call(self, session_id: str, op: str, args: dict[str, Any] | None = None,
+             timings: dict[str, float] | None = None) -> dict[str, Any]:
+        """Run a command on the session's worker and return its reply; re-pins and resends if the worker dies.
+
+        ``timings``, if given, gets ``worker_total_ms``: the worker's time from receiving the command to replying."""
         request_id = secrets.token_hex(12)
         command = json.dumps({"id": request_id, "session": session_id, "op": op, "args": args or {}})
         deadline = time.monotonic() + self.session_settings.reply_timeout_s
@@ -316,6 +319,8 @@ class SessionStore:
                 pipe.execute()
             reply = self._await_reply(request_id, worker, queue, deadline)
             if reply is not None and not reply.get("moved"):  # moved: resent to the session's new worker
+                if timings is not None:
+                    timings["worker_total_ms"] = reply.get("worker_total_ms", 0.0)
                 if not reply["ok"]:
                     raise SessionCommandError(reply["status"], reply["detail"])
                 return reply["result"]
@@ -437,6 +442,8 @@ class SessionServer:
         # one being rebuilt). The stop event of a session is set from the inbox thread, past the queued commands.
         self._threads: dict[str, ThreadPoolExecutor] = {}
         self._stops: dict[str, threading.Event] = {}
+        self._prepares: dict[str, dict[str, Any]] = {}  # session -> its prepare command still waiting to run
+        self._propagating: set[str] = set()  # sessions whose thread is busy propagating
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -508,14 +515,40 @@ class SessionServer:
             self.store.send_reply(command["id"], {"ok": True, "result": {}})
             return
         assert thread is not None
-        thread.submit(self._run, session_id, command)
+        if op == "prepare":
+            self._queue_prepare(session_id, command, thread)
+        else:
+            thread.submit(self._run, session_id, command, time.perf_counter())
 
-    def _run(self, session_id: str, command: dict[str, Any]) -> None:
+    def _queue_prepare(self, session_id: str, command: dict[str, Any], thread: ThreadPoolExecutor) -> None:
+        """Prepare only the frame the user looks at now: a prepare still waiting for the session's thread is
+        answered as superseded and replaced, so scrubbing never queues work in front of a click. While the session
+        propagates, nothing is prepared (the page asks again when the propagation ends)."""
+        with self._lock:
+            waiting = self._prepares.pop(session_id, None)
+            busy = session_id in self._propagating
+            if not busy:
+                self._prepares[session_id] = command
+        if waiting is not None:
+            self.store.send_reply(waiting["id"], _not_prepared(waiting, "superseded by a later frame"))
+        if busy:
+            self.store.send_reply(command["id"], _not_prepared(command, "the session is propagating"))
+        elif waiting is None:
+            thread.submit(self._run_prepare, session_id, time.perf_counter())
+
+    def _run_prepare(self, session_id: str, received: float) -> None:
+        with self._lock:
+            command = self._prepares.pop(session_id, None)
+        if command is not None:
+            self._run(session_id, command, received)
+
+    def _run(self, session_id: str, command: dict[str, Any], received: float) -> None:
         try:
             live = self._live(session_id, command["op"])
             reply: dict[str, Any] = {"ok": True, "result": self._execute(live, command)}
         except Exception as error:  # noqa: BLE001 - turned into a reply; unexpected ones are logged
             reply = _error_reply(error)
+        reply["worker_total_ms"] = round(1000 * (time.perf_counter() - received), 1)  # queue wait included
         self.store.send_reply(command["id"], reply)
 
     def _execute(self, live: LiveSession, command: dict[str, Any]) -> dict[str, Any]:
@@ -528,6 +561,11 @@ class SessionServer:
             return {}
         if op == "undo":
             return self._undo(live)
+        if op == "prepare":
+            begin = time.perf_counter()
+            live.library.prepare(int(args["frame"]))
+            return {"frame": int(args["frame"]), "prepared": True,
+                    "worker_ms": round(1000 * (time.perf_counter() - begin), 1)}
         assert op in CHANGES, f"unknown session command {op!r}"
         if command["id"] in live.request_ids:  # resent after a re-pin, but applied and logged already
             frame = _frame_of(op, args)
@@ -616,6 +654,7 @@ class SessionServer:
         self.store.set_run(live.record.id, run)
         self.store.publish_run(live.record.id, run, "running")
         with self._lock:
+            self._propagating.add(live.record.id)
             self._threads[live.record.id].submit(self._propagate, live, run)
         return run
 
@@ -630,6 +669,9 @@ class SessionServer:
             return  # the new worker resumes the propagation
         except Exception as failure:  # noqa: BLE001 - reported to the client in the run's end event
             state, error = "failed", _error_reply(failure)["detail"]
+        finally:
+            with self._lock:
+                self._propagating.discard(live.record.id)
         self.store.set_run(live.record.id, None)
         self.store.publish_run(live.record.id, run, state, error)
 
@@ -710,6 +752,7 @@ class SessionServer:
             live = self.sessions.pop(session_id, None)
             thread = self._threads.pop(session_id, None)
             stop = self._stops.pop(session_id, None)
+            self._prepares.pop(session_id, None)
         if stop is not None:
             stop.set()
         if thread is not None:
@@ -731,6 +774,10 @@ def _close(library: Session) -> None:
     library.video.close()
 
 
+def _not_prepared(command: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {"ok": True, "result": {"frame": command["args"]["frame"], "prepared": False, "reason": reason}}
+
+
 def _frame_of(op: str, args: dict[str, Any]) -> int | None:
     """The one frame a change is about (None for a removal, which changes many)."""
     return {"prompt": args.get("frame_index"), "clear": args.get("frame")}.get(op)
@@ -746,6 +793,10 @@ def _apply(library: Session, op: str, args: dict[str, Any]) -> list[int]:
         return library.remove_object(args["object_id"])
     if op == "clear":
         return [library.clear_prompts(args["object_id"], args["frame"]).index]
+    if op == "import":  # an opened job's anchors; its frames are published already (see api.sessions._import_job)
+        for anchor in args["anchors"]:
+            library.add_prompt(parse_prompts([anchor])[0])
+        return []
     raise AssertionError(f"unknown session change {op!r}")
 
 

@@ -20,11 +20,18 @@ const state = {
   lastLatencyMs: null, // from the release of the mouse button to the mask drawn on screen
   lastRequestMs: null, // of which the prompt request took this long
   lastWorkerMs: null, // of which the worker took this long (frame decoding and the engine)
+  lastTimings: null, // the last click's breakdown: request, server (Server-Timing), draw (ms)
   latencies: [],
+  prepared: new Map(), // frame -> ms the worker took to prepare it (for the frame shown, while the user looks)
   errors: [],
+};
+const config = {
+  prepare: true, // ask the worker to prepare the frame shown, so a click there costs only the engine's decision
+  prepareDelayMs: 120, // ... once the frame has stayed on screen this long (not while scrubbing or playing)
 };
 window.studio = {
   state,
+  config,
   maskOf: (frame, objectId) => state.masks.get(frame)?.objects.find((o) => o.object_id === objectId)?.rle ?? null,
 };
 
@@ -44,7 +51,12 @@ async function readableError(response) {
   return new Error(`${response.status}: ${detail}`);
 }
 
-async function api(path, { method = "GET", json, form } = {}) {
+async function api(path, options = {}) {
+  const response = await request(path, options);
+  return response.status === 204 ? null : response.json();
+}
+
+async function request(path, { method = "GET", json, form } = {}) {
   const options = { method, headers: apiHeaders() };
   if (json !== undefined) {
     options.headers["Content-Type"] = "application/json";
@@ -59,7 +71,7 @@ async function api(path, { method = "GET", json, form } = {}) {
     throw new Error(`the server cannot be reached (${error.message})`);
   }
   if (!response.ok) throw await readableError(response);
-  return response.status === 204 ? null : response.json();
+  return response;
 }
 
 const sessionPath = (suffix = "") => `/v1/sessions/${state.session.id}${suffix}`;
@@ -132,6 +144,7 @@ function openSession(session) {
   state.run = null;
   state.session = session;
   state.masks.clear();
+  state.prepared.clear();
   state.lastEventId = null;
   state.frame = 0;
   state.tracked = false;
@@ -217,8 +230,40 @@ async function showFrame(index) {
   $("#frame-label").textContent = `${index + 1} / ${frames}`;
   drawMasks();
   const url = await frameImage(index);
-  if (state.session === session && state.frame === index) $("#frame").src = url; // still what is wanted
+  if (state.session === session && state.frame === index) { // still what is wanted
+    $("#frame").src = url;
+    schedulePrepare(index);
+  }
   if (index + 1 < frames) frameImage(index + 1).catch(() => {}); // prefetch for playing and stepping
+}
+
+let prepareTimer = null;
+
+function schedulePrepare(index) {
+  // The worker decodes the frame and computes the engine's per-frame data (the motion cue, SEEM's features) while
+  // the user looks at it; the click then finds them cached. Only once the frame stays on screen: not per frame
+  // while scrubbing or playing, nor while tracking (the worker is busy; asked again when the run ends).
+  clearTimeout(prepareTimer);
+  if (!config.prepare || state.playing || state.run || state.prepared.has(index)) return;
+  const session = state.session;
+  prepareTimer = setTimeout(async () => {
+    if (state.session !== session || state.frame !== index || state.playing || state.run) return;
+    try {
+      const reply = await api(sessionPath(`/frames/${index}/prepare`), { method: "POST" });
+      if (reply.prepared && state.session === session) state.prepared.set(index, reply.worker_ms);
+    } catch { /* only a head start: the click works without it */ }
+  }, config.prepareDelayMs);
+}
+
+function serverTiming(response) {
+  // "check;dur=1.2, relay;dur=150.3, ..." -> {check: 1.2, relay: 150.3, ...}
+  const timings = {};
+  for (const part of (response.headers.get("Server-Timing") ?? "").split(",")) {
+    const [name, ...fields] = part.trim().split(";");
+    const duration = fields.find((f) => f.trim().startsWith("dur="));
+    if (name && duration) timings[name] = Number(duration.trim().slice(4));
+  }
+  return timings;
 }
 
 function togglePlay() {
@@ -227,6 +272,7 @@ function togglePlay() {
     clearInterval(state.playing);
     state.playing = null;
     $("#play").innerHTML = "&#9654;";
+    schedulePrepare(state.frame);
     return;
   }
   $("#play").innerHTML = "&#10073;&#10073;";
@@ -420,16 +466,23 @@ async function sendPrompt(prompt, startedAt) {
   if (state.selected === null) throw new Error("add an object first (the + Add button)");
   const frame = state.frame;
   const requestedAt = performance.now();
-  const record = await api(sessionPath("/prompts"), {
+  const response = await request(sessionPath("/prompts"), {
     method: "POST", json: { object_id: state.selected, frame_index: frame, ...prompt },
   });
-  state.lastRequestMs = performance.now() - requestedAt;
+  const record = await response.json();
+  const receivedAt = performance.now();
+  state.lastRequestMs = receivedAt - requestedAt;
   state.lastWorkerMs = record.worker_ms ?? null;
+  state.prepared.set(frame, 0); // the prompt computed what the frame needs
   storeMasks(record); // draws it at once (or the live stream already did)
   if (state.frame !== frame) await showFrame(frame);
   drawMarks();
+  const drawnAt = performance.now();
   await new Promise((resolve) => requestAnimationFrame(() => resolve()));
   state.lastLatencyMs = performance.now() - startedAt;
+  state.lastTimings = { total: state.lastLatencyMs, before_request: requestedAt - startedAt,
+    request: state.lastRequestMs, server: serverTiming(response), draw: drawnAt - receivedAt,
+    paint: performance.now() - drawnAt };
   state.latencies.push(state.lastLatencyMs);
   $("#retrack").hidden = !state.tracked;
   return record;
@@ -554,6 +607,7 @@ function onRunEvent(run) {
   if (run.state === "done") $("#track-progress").value = 1;
   if (run.state === "failed") showError(new Error(`tracking failed: ${run.error}`));
   state.run = null;
+  schedulePrepare(state.frame);
 }
 
 function onFrameEvent(record) {

@@ -37,6 +37,10 @@ from api.cli import free_port  # noqa: E402
 from workers.core.settings import ServiceSettings  # noqa: E402
 from workers.core.store import JobStore  # noqa: E402
 
+# Test modules import this file's helpers as ``service_conftest``: the name ``conftest`` is another folder's
+# conftest when tests/service and tests/studio run in one pytest invocation.
+sys.modules.setdefault("service_conftest", sys.modules[__name__])
+
 REDIS_URL = os.environ.get("VOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 # Short leases and time limits so fault tests finish quickly; they still satisfy the settings' own consistency checks.
 FAST_TIMINGS = dict(lease_s=2.0, redis_timeout_s=1.0, reaper_interval_s=0.5, restore_interval_s=1,

@@ -2,6 +2,7 @@
 
 ``static`` needs no other engine: a disk around each click that never moves (plumbing tests). ``slow`` is the
 classical engine plus a fixed delay per frame, so a test can cancel or kill a worker in the middle of a job.
+``seem-tiny`` is SEEM on a tiny model with random weights (:mod:`tiny_seem`), for text and reference prompts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from vos.engine import (
 )
 from vos.prompts import ObjectPrompt
 
-TEST_ENGINES = {"static": "service_engines:StaticEngine", "slow": "service_engines:SlowEngine"}
+TEST_ENGINES = {"static": "service_engines:StaticEngine", "slow": "service_engines:SlowEngine",
+                "seem-tiny": "tiny_seem:TinySeemEngine"}
 
 
 def register_test_engines() -> None:

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 import redis
-from conftest import FAST_TIMINGS, REDIS_URL, private_service
 from helpers import finished, read_sse, submit, wait_for
+from service_conftest import FAST_TIMINGS, REDIS_URL, private_service
 
 from workers.core.settings import ServiceSettings
 from workers.core.storage import Storage

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import api_server
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from service_conftest import api_server
 
 from api.cli import free_port
 from workers.core.settings import ServiceSettings

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +20,17 @@ from studio_helpers import STUDIO_DIR, open_session
 os.environ.setdefault("VOS_SESSION_WORKER_STALE_S", "3")  # read by the in-process API (it presumes workers dead)
 
 
-_spec = importlib.util.spec_from_file_location("service_conftest", STUDIO_DIR.parent / "service" / "conftest.py")
-_service = importlib.util.module_from_spec(_spec)
-sys.modules["service_conftest"] = _service
-_spec.loader.exec_module(_service)
+def _service_conftest() -> Any:
+    """tests/service/conftest.py, loaded once: pytest loaded it already when both folders run together."""
+    if "service_conftest" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("service_conftest", STUDIO_DIR.parent / "service" / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["service_conftest"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["service_conftest"]
+
+
+_service = _service_conftest()
 
 settings = _service.settings
 store = _service.store
@@ -30,6 +38,14 @@ workers = _service.workers
 server = _service.server
 videos = _service.videos
 Workers = _service.Workers
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """Where the browser tests save screenshots: ``$ARTIFACTS/studio``, or the test's temporary folder."""
+    folder = Path(os.environ["ARTIFACTS"]) / "studio" if os.environ.get("ARTIFACTS") else tmp_path / "screens"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 from helpers import sse_events
 from PIL import Image
-from studio_helpers import SAMPLE, SWAN_POINT, open_session
+from studio_helpers import SAMPLE, SAMPLE_MASK, SWAN_POINT, open_session
 
+from eval.runner import interior_point
 from vos.masks import decode_rle
 
 NDJSON = {"Accept": "application/x-ndjson"}
@@ -140,13 +142,43 @@ def test_clear_prompts_on_a_frame_empties_that_object_there(client: httpx.Client
 
 
 def test_undo_returns_the_frame_as_before_the_last_prompt(client: httpx.Client, session: dict[str, Any]) -> None:
+    """Undo drops the last prompt, a correction included: its frame gets back the masks it had, and the session's
+    state is as before it (a second undo drops the first click, after which nothing is left to propagate)."""
     sid = session["id"]
     first = prompt(client, sid, object_id=1, frame_index=0, points=click(*SWAN_POINT))
-    prompt(client, sid, object_id=1, frame_index=0, points=click(300, 250, positive=False))
+    taken = interior_point(mask_of(first, 1) & ~(np.array(Image.open(SAMPLE_MASK)) > 0))  # background it took
+    corrected = prompt(client, sid, object_id=1, frame_index=0, points=click(taken.x, taken.y, positive=False))
+    assert not np.array_equal(mask_of(corrected, 1), mask_of(first, 1))
     undone = client.post(f"/v1/sessions/{sid}/undo")
     assert undone.status_code == 200, undone.text
     assert undone.json()["revision"] == 3
-    assert iou(mask_of(undone.json(), 1), mask_of(first, 1)) > 0.99
+    assert np.array_equal(mask_of(undone.json(), 1), mask_of(first, 1))
+    again = client.post(f"/v1/sessions/{sid}/undo")
+    assert again.status_code == 200 and again.json()["revision"] == 4 and not again.json()["objects"]
+    nothing = client.post(f"/v1/sessions/{sid}/propagate", json={"from": 0, "direction": "forward"})
+    assert nothing.status_code == 409 and "no object" in nothing.json()["detail"]
+    assert client.post(f"/v1/sessions/{sid}/undo").status_code == 409
+
+
+def test_prepared_frame_caches_what_a_click_needs(client: httpx.Client, session: dict[str, Any]) -> None:
+    """Preparing the frame the user looks at moves the frame's decoding and motion cue off the click; the click's
+    mask is the same as without it, and the prompt response splits its time in Server-Timing."""
+    sid = session["id"]
+    response = client.post(f"/v1/sessions/{sid}/frames/12/prepare")
+    assert response.status_code == 200, response.text
+    assert response.json()["frame"] == 12 and response.json()["prepared"] and response.json()["worker_ms"] > 0
+    response = client.post(f"/v1/sessions/{sid}/prompts", json={"object_id": 1, "frame_index": 12,
+                                                               "points": click(*SWAN_POINT)})
+    assert response.status_code == 200, response.text
+    timings = dict(part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(","))
+    assert set(timings) == {"check", "relay", "worker", "engine", "api"}
+    assert float(timings["engine"]) <= float(timings["worker"]) <= float(timings["relay"]) <= float(timings["api"])
+    cold = open_session(client)
+    try:
+        expected = prompt(client, cold["id"], object_id=1, frame_index=12, points=click(*SWAN_POINT))
+    finally:
+        client.delete(f"/v1/sessions/{cold['id']}")
+    assert np.array_equal(mask_of(response.json(), 1), mask_of(expected, 1))
 
 
 # ---------------------------------------------------------------------------------------------- propagation
@@ -330,6 +362,34 @@ def test_session_from_a_finished_job_opens_its_video(client: httpx.Client) -> No
     client.delete(f"/v1/sessions/{session['id']}")
 
 
+def test_every_object_of_an_opened_job_takes_part_in_propagations(client: httpx.Client) -> None:
+    """The job's prompts become the session's anchors: an object the session never prompted (object 2) is
+    propagated with the one it corrects, instead of being dropped from the frames the propagation changes."""
+    from helpers import submit, wait_for
+
+    background = np.zeros((480, 854), np.uint8)
+    background[20:120, 700:850] = 255  # a patch of the shore, as a mask prompt: the job's anchor is exactly it
+    ok, png = cv2.imencode(".png", background)
+    job = submit(client, SAMPLE, prompts=[
+        {"object_id": 1, "box": {"x0": 120, "y0": 60, "x1": 520, "y1": 400}},
+        {"object_id": 2, "mask": {"png_base64": base64.b64encode(png.tobytes()).decode()}}])
+    wait_for(client, job["id"], lambda s: s["state"] in ("succeeded", "failed"), timeout=180)
+    session = client.post("/v1/sessions", data={"job_id": job["id"]}).json()
+    sid = session["id"]
+    try:
+        truth = base64.b64encode(SAMPLE_MASK.read_bytes()).decode()  # object 1 corrected: the swan exactly
+        prompt(client, sid, object_id=1, frame_index=0, mask={"png_base64": truth})
+        run = propagate(client, sid, 0, "forward")
+        propagated = frames_of(events(client, sid, until_run=run["id"]), run["id"])
+        assert propagated  # the propagation changed frames: every one of them still has object 2
+        assert all({o["object_id"] for o in f["objects"]} == {1, 2} for f in propagated)
+        assert sum(o["area"] for o in propagated[0]["objects"] if o["object_id"] == 2) > 10_000
+        cleared = client.delete(f"/v1/sessions/{sid}/objects/2/frames/0")  # the job's prompt of object 2 is there
+        assert cleared.status_code == 200, cleared.text
+    finally:
+        client.delete(f"/v1/sessions/{sid}")
+
+
 BAD_REQUESTS = [
     ("GET", "/v1/sessions/nosuchsession0000", {}, 404, "no session"),
     ("POST", "/v1/sessions", {"data": {"engine": "classical"}}, 422, "either a video file or a job_id"),
@@ -383,6 +443,7 @@ BAD_SESSION_REQUESTS = [
     ("POST", "/propagate", {"json": {"from": 60, "direction": "forward"}}, 422, "outside the video"),
     ("POST", "/propagate", {"json": {"from": 0, "direction": "forward"}}, 409, "no object"),
     ("POST", "/undo", {}, 409, "nothing to undo"),
+    ("POST", "/frames/50/prepare", {}, 422, "outside the video"),
     ("DELETE", "/objects/0", {}, 422, "object_id"),
     ("GET", "/results/secrets.txt", {}, 422, "name"),
     ("GET", "/events", {"headers": {"Last-Event-ID": "yesterday"}}, 422, "Last-Event-ID"),

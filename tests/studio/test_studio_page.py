@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missin
 
 DAVIS_BLACKSWAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "davis16" / "Annotations" / "480p" \
     / "blackswan"
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    folder = Path(os.environ["ARTIFACTS"]) / "studio" if os.environ.get("ARTIFACTS") else tmp_path / "screens"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def truth(frame: int) -> np.ndarray:
