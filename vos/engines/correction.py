@@ -1,7 +1,17 @@
 """Corrections without learned weights: clicks and strokes on a frame where the object already has a mask.
 
 Positive clicks and strokes add the part they point at, negative ones remove the part they point at; the rest of
-the mask stays as it was.
+the mask stays as it was. A positive click away from the mask (no positive seed within ``_CORRECTION_REACH`` of it)
+says the object was lost there: it is segmented afresh like a first click, with the frame's motion cue, and that
+replaces the lost mask (unless the fresh segmentation finds no more than the click itself: then the colour growth
+below starts from an empty mask). A positive click's colour fill (``_pointed_part``) reaches twice the
+click's distance to the mask, that distance counted at most ``_ADD_REACH`` of the frame's short side: from an empty
+or distant mask it was unbounded and flooded the background.
+
+Chosen on 8 DAVIS 2016 train sequences (dog-agility, rollerblade, motorbike, soccerball, boat, hockey, mallard-fly,
+kite-walk) with ``vos eval interactive`` (5 click rounds): J&F after round 5 0.369 -> 0.401 with the fresh segmentation
+of a lost object -> 0.433 with the bounded fill (dog-agility 0.02 -> 0.27). Adding the fresh segmentation to a mask the
+click is next to as well gave 0.405 (no better, and costlier).
 """
 
 from __future__ import annotations
@@ -9,34 +19,53 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from vos.engines.initial_mask import initial_mask, seed_masks
 from vos.engines.regions import bounds, resize, within
 from vos.prompts import ObjectPrompt
 
 _CORRECTION_REACH = 0.1  # a correction may move the boundary this share of the frame's short side from the mask
 _CORRECTION_SIDE = 240  # corrections run GrabCut on the crop around the mask downscaled to at most this many pixels
 _CORRECTION_ITERATIONS = 2
-_CLICK_RADIUS = 0.01  # a click is a disc of this share of the frame's short side
 _FLOOD_TOLERANCE = 24  # RGB levels a correction click's fill accepts around the clicked colour
 _REJECT_SEED = 0.5  # a negative click's sure-background disc: this share of its distance to the mask's border
 _REJECT_REACH = 2.0  # a correction click's fill stays within this many times its distance to the mask's border
+_ADD_REACH = 0.1  # a positive click's distance to the mask's border counts at most this share of the short side
+_FRESH_FACTOR = 8  # a fresh segmentation of a lost object counts when it is this many times the clicks' discs
 
 
-def corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
+def corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt,
+                   speed: np.ndarray | None = None) -> np.ndarray:
     """``current`` corrected by the prompt's clicks and strokes: positive ones only add the part they point at,
-    negative ones only remove the part they point at."""
+    negative ones only remove the part they point at, and positive ones away from the mask find the lost object
+    afresh. ``speed`` is the frame's motion cue (:func:`vos.engines.moving_region.frame_motion`), which that fresh
+    segmentation uses as a first click does."""
     height, width = current.shape
-    positive, negative = _seed_masks(prompt, height, width)
+    positive, negative = seed_masks(prompt, height, width)
     mask = current.copy()
     if positive.any():
-        added = _grown(image, current, positive, negative) & ~current
-        for point in prompt.points:
-            if point.positive:
-                added |= _pointed_part(image, ~mask, int(point.x), int(point.y))
-        mask |= _touching(added | positive, positive)
+        lost = not within(current, max(8.0, _CORRECTION_REACH * min(height, width)))[positive].any()
+        if lost:
+            fresh = initial_mask(image, prompt, speed=speed)
+            if np.count_nonzero(fresh) > _FRESH_FACTOR * np.count_nonzero(positive):
+                return fresh
+            mask = np.zeros_like(current)  # the lost mask is elsewhere: grow the object from the click alone
+        mask |= _added(image, mask, prompt, positive, negative)
     for point in prompt.points:
         if not point.positive and mask[int(point.y), int(point.x)]:
             mask &= ~_rejected_part(image, mask, int(point.x), int(point.y))
     return mask & ~negative
+
+
+def _added(image: np.ndarray, mask: np.ndarray, prompt: ObjectPrompt, positive: np.ndarray,
+           negative: np.ndarray) -> np.ndarray:
+    """What positive clicks and strokes add to ``mask``: GrabCut's growth of it towards them and each click's
+    fill, where connected to a positive seed."""
+    added = _grown(image, mask, positive, negative) & ~mask
+    max_depth = _ADD_REACH * min(mask.shape)
+    for point in prompt.points:
+        if point.positive:
+            added |= _pointed_part(image, ~mask, int(point.x), int(point.y), max_depth)
+    return _touching(added | positive, positive)
 
 
 def _rejected_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -89,15 +118,16 @@ def _grown(image: np.ndarray, current: np.ndarray, positive: np.ndarray, negativ
     return (mask | positive) & ~negative
 
 
-def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
+def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int, max_depth: float = np.inf) -> np.ndarray:
     """The part of ``mask`` a click at (x, y) points at (the object a negative click rejects within the mask, or
     the missed part a positive click adds outside it): the region around the click coloured like it (a flood fill
     within ``mask``), no farther from the click than ``_REJECT_REACH`` times the click's distance to the mask's
-    border: users click in the middle of the wrong part, so that distance tells its size."""
+    border (at most ``max_depth``): users click in the middle of the wrong part, so that distance tells its size."""
     height, width = mask.shape
     if not mask[y, x]:
         return np.zeros_like(mask)
     depth = float(cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1][y, x])
+    depth = min(depth, max_depth)
     reach = np.zeros((height, width), np.uint8)
     cv2.circle(reach, (x, y), max(2, round(_REJECT_REACH * depth)), 1, -1)
     blocked = np.ones((height + 2, width + 2), np.uint8)
@@ -108,15 +138,3 @@ def _pointed_part(image: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.nda
     disc = np.zeros((height, width), np.uint8)
     cv2.circle(disc, (x, y), max(1, round(depth)), 1, -1)  # at least what surely lies in the wrong part
     return (blocked[1:-1, 1:-1] == 2) | (disc.astype(bool) & mask)
-
-
-def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The prompt's positive and negative clicks (small discs) and strokes as bool masks."""
-    positive, negative = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
-    radius = max(2, round(_CLICK_RADIUS * min(height, width)))
-    for point in prompt.points:
-        cv2.circle(positive if point.positive else negative, (int(point.x), int(point.y)), radius, 1, -1)
-    for scribble in prompt.scribbles:
-        stroke = scribble.rasterize(height, width)
-        (positive if scribble.positive else negative)[stroke] = 1
-    return positive.astype(bool), negative.astype(bool)

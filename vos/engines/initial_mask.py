@@ -89,7 +89,7 @@ def initial_mask(
 
 def _trimap(prompt: ObjectPrompt, height: int, width: int) -> np.ndarray:
     """GrabCut's label map: sure/probable background/foreground from the prompt's geometry."""
-    positive, negative = _seed_masks(prompt, height, width)
+    positive, negative = seed_masks(prompt, height, width)
     if prompt.box is None and not positive.any():
         raise PromptError(f"object {prompt.object_id}: the prompt marks no foreground (only negative points/strokes)")
     if prompt.box is not None:
@@ -191,7 +191,7 @@ def _box_pixels(prompt: ObjectPrompt, height: int, width: int) -> tuple[int, int
     return x0, y0, x1, y1
 
 
-def _seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def seed_masks(prompt: ObjectPrompt, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Sure-foreground and sure-background pixels: clicks as small discs, strokes as drawn."""
     positive = np.zeros((height, width), np.uint8)
     negative = np.zeros((height, width), np.uint8)
