@@ -223,3 +223,18 @@ def test_a_prepared_frame_gives_the_same_mask_from_its_cached_motion_cue(engine)
         assert len(prepared._features) == cached  # nothing new was computed for the frame
     assert np.array_equal(mask, expected)
     assert _iou(mask, _disc(2)) > 0.8
+
+
+def test_a_propagation_leaves_the_session_cache_to_the_frames_the_user_prepared(engine) -> None:
+    """A sweep keeps the per-frame data it computes in a window of its own: the session's cache (bounded, but
+    otherwise filled by every frame of a long video) keeps only the prepared and prompted frames, and a frame
+    prepared before the propagation is still prepared after it."""
+    click = ObjectPrompt(object_id=2, frame_index=7, points=[Point(x=24 + 4 * 7, y=40)])
+    with Session(engine, ArrayVideo(_clip())) as session:
+        session.add_prompt(ObjectPrompt(object_id=1, frame_index=0, mask=_square(0)))
+        session.prepare(7)
+        cached = len(session._features)
+        assert len(list(session.propagate(0, "forward"))) == N - 1
+        assert len(session._features) == cached
+        session.add_prompt(click)
+        assert len(session._features) == cached  # frame 7's data was still there

@@ -24,13 +24,15 @@ objects it was not asked about; those only lose pixels, never gain any.
 from __future__ import annotations
 
 import abc
+import ctypes
+import functools
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -43,8 +45,11 @@ from vos.prompts import ObjectPrompt, validate_prompts
 from vos.video import ByteLRUCache, VideoSource
 
 Direction = Literal["forward", "backward", "both"]
+T = TypeVar("T")
 FRAME_CACHE_BYTES = 128 * 2**20  # decoded frames: about 100 frames of 854x480
 FEATURE_CACHE_BYTES = 256 * 2**20  # the engine's per-frame data (SEEM features, working-resolution images)
+SWEEP_CACHE_BYTES = 32 * 2**20  # per-frame data a propagation computes itself, kept only while it runs
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 
 class TrackingCancelled(Exception):
@@ -165,6 +170,7 @@ class Session:
 
     def __init__(self, engine: Engine, video: VideoSource, store: ResultStore | None = None, *,
                  frame_cache_bytes: int = FRAME_CACHE_BYTES, feature_cache_bytes: int = FEATURE_CACHE_BYTES) -> None:
+        _fix_mmap_threshold()
         self.engine = engine
         self.video = video
         self.info = video.info
@@ -300,6 +306,7 @@ class Session:
         objects = [self.objects[i] for i in ids]
         halfway = {o.object_id: _halfway(o, start, step) for o in objects} if midway else {}
         propagation = self.engine.start_propagation()
+        window = _SweepCache(self._features, min(SWEEP_CACHE_BYTES, self._features.max_bytes))
         active: set[int] = set()
         end = self.info.num_frames if step > 0 else -1
         for index in range(start, end, step):
@@ -313,7 +320,7 @@ class Session:
                     yield self.result(index), False  # nobody has started yet: the frame stays as it is
                     continue
                 return
-            frame = self.frame(index)
+            frame = VideoFrame(index, self.image(index), window, self.image, self.info.num_frames)
             begin = time.perf_counter()
             results = propagation.step(frame, {i: self.objects[i].state for i in sorted(active)}, seeds)
             yield self._update(index, results, time.perf_counter() - begin, frame.image)
@@ -403,6 +410,36 @@ class Session:
     def _frame_result(self, index: int, stored: StoredFrame, seconds: float, image: np.ndarray | None) -> FrameResult:
         objects = {i: ObjectResult(i, stored.labels == i, score) for i, score in sorted(stored.scores.items())}
         return FrameResult(index, objects, self.info.height, self.info.width, seconds, image, stored.revision)
+
+
+@functools.cache
+def _fix_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at its initial 128 kB, so that frames, masks and images are mapped and unmapped
+    (returned to the OS) on their own. Left dynamic, glibc raises the threshold each time such a block is freed (up
+    to 32 MB); the blocks are then carved from the heap, whose fragmentation made a session's peak RSS creep up with
+    the video's length (bench/bench_session.py: +45 MB from 300 to 3000 frames). Process-wide, once; a no-op where
+    the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+class _SweepCache:
+    """The per-frame data cache of one propagation sweep. It reads the session's cache (frames the user prepared or
+    prompted) but keeps what it computes in a small window of its own, dropped with the sweep: a sweep uses each
+    frame's data about once, so keeping it would only make the session's memory grow with the video's length (up
+    to the cache's bound) and evict the frames the user prepared."""
+
+    def __init__(self, session_cache: ByteLRUCache, window_bytes: int) -> None:
+        self._session_cache = session_cache
+        self._window = ByteLRUCache(window_bytes)
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], T]) -> T:
+        if key in self._session_cache:
+            return self._session_cache.get_or_compute(key, compute)
+        return self._window.get_or_compute(key, compute)
 
 
 def _halfway(obj: SessionObject, start: int, step: int) -> int | None:

@@ -283,6 +283,9 @@ class ByteLRUCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0

@@ -4,15 +4,18 @@ Design (the API side is :mod:`api.sessions`):
 
 * **Pinning.** Every Celery worker process also runs a *session server* thread. It announces itself in a Redis
   sorted set of session workers (a heartbeat each second) and reads commands from its own Redis list, its inbox.
-  A session's record names the worker it is pinned to; the API pushes that session's commands (prompt, remove,
-  clear, undo, propagate, stop, export, close) into that worker's inbox and waits for the reply on a one-off
-  reply list. A direct channel, not a Celery queue, so a click never waits behind a tracking job in the worker's
-  task queue: the session server runs beside the job, each session on its own thread.
+  A session's record names the worker it is pinned to; the API pushes that session's commands (prepare, prompt,
+  remove, clear, undo, propagate, stop, export, close) into that worker's inbox and waits for the reply on a
+  one-off reply list. A direct channel, not a Celery queue, so a click never waits behind a tracking job in the
+  worker's task queue: the session server runs beside the job, each session on its own thread. ``prepare``
+  computes a frame's per-frame data while the user looks at it; only the latest one waits for the session's
+  thread, so scrubbing never queues work in front of a click.
 * **Source of truth.** The worker appends every change it applied (prompts, removals, clears) to the session's
   log in Redis before it replies; the video and every frame's latest result are files in storage. The worker's
   in-memory session (the library session with its engine state and caches) is only a cache of that log. Each
   logged prompt keeps the masks its frame had before it, so a replay meets every frame as the prompt did and gives
-  the same masks, and ``undo`` restores them.
+  the same masks, and ``undo`` restores them. A session opened from a job starts with one ``import`` entry, written
+  by the API: the job's prompted frames as mask prompts (its anchors).
 * **Recovery.** A worker whose heartbeat is older than ``VOS_SESSION_WORKER_STALE_S`` is presumed dead. The next
   command, or a client waiting on a propagation, re-pins the session to a live worker (compare-and-set in Redis),
   which rebuilds the session by replaying the log and resumes an unfinished propagation. The client sees a delay
@@ -752,7 +755,9 @@ class SessionServer:
             live = self.sessions.pop(session_id, None)
             thread = self._threads.pop(session_id, None)
             stop = self._stops.pop(session_id, None)
-            self._prepares.pop(session_id, None)
+            waiting = self._prepares.pop(session_id, None)
+        if waiting is not None:
+            self.store.send_reply(waiting["id"], _not_prepared(waiting, "the session left this worker"))
         if stop is not None:
             stop.set()
         if thread is not None:

@@ -508,3 +508,38 @@ def test_sse_ids_resume_with_last_event_id(client: httpx.Client, session: dict[s
     frames = [data["frame"] for name, _, data in first + rest if name == "frame"]
     assert frames == list(range(0, 50))  # the prompt's revision of frame 0, then frames 1..49 once each
     assert rest[-1][0] == "run" and rest[-1][2]["state"] == "done"
+
+
+def test_only_the_latest_prepare_waits_for_the_sessions_thread(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrubbing sends a prepare per frame shown: one still waiting for the session's thread is answered as
+    superseded by the next, so at most one waits in front of a click; none waits while the session propagates."""
+    from workers.sessions import SessionServer, get_session_settings
+
+    worker = SessionServer(server.settings, get_session_settings())
+    replies: list[tuple[str, dict[str, Any]]] = []
+    ran: list[int] = []
+    monkeypatch.setattr(worker.store, "send_reply", lambda request, reply: replies.append((request, reply)))
+    monkeypatch.setattr(worker, "_run", lambda session, command, received: ran.append(command["args"]["frame"]))
+
+    class HeldThread:  # the session's thread, busy until the test runs what was submitted to it
+        def __init__(self) -> None:
+            self.submitted: list[Any] = []
+
+        def submit(self, function: Any, *args: Any) -> None:
+            self.submitted.append((function, args))
+
+    thread = HeldThread()
+    for frame in (3, 4, 5):
+        worker._queue_prepare("s1", {"id": f"r{frame}", "op": "prepare", "args": {"frame": frame}}, thread)
+    assert [(r, reply["result"]["reason"]) for r, reply in replies] == [("r3", "superseded by a later frame"),
+                                                                       ("r4", "superseded by a later frame")]
+    assert len(thread.submitted) == 1
+    function, args = thread.submitted[0]
+    function(*args)
+    assert ran == [5]
+
+    worker._propagating.add("s2")
+    worker._queue_prepare("s2", {"id": "r9", "op": "prepare", "args": {"frame": 9}}, thread)
+    assert replies[-1] == ("r9", {"ok": True, "result": {"frame": 9, "prepared": False,
+                                                         "reason": "the session is propagating"}})
+    assert len(thread.submitted) == 1
