@@ -21,6 +21,7 @@ const state = {
   lastRequestMs: null, // of which the prompt request took this long
   lastWorkerMs: null, // of which the worker took this long (frame decoding and the engine)
   lastTimings: null, // the last click's breakdown: request, server (Server-Timing), draw (ms)
+  lastDrawMs: null, // the last overlay painting: decoding the masks and drawing them (from a response or the stream)
   latencies: [],
   prepared: new Map(), // frame -> ms the worker took to prepare it (for the frame shown, while the user looks)
   errors: [],
@@ -330,6 +331,7 @@ function hexToRgb(hex) {
 
 function drawMasks() {
   if (!state.session) return;
+  const startedAt = performance.now();
   const canvas = $("#overlay");
   const context = canvas.getContext("2d");
   const { width: w, height: h } = canvas;
@@ -342,8 +344,11 @@ function drawMasks() {
     if (!object || !entry.area) continue;
     const mask = maskFor(state.frame, entry, record.revision);
     const [r, g, b] = hexToRgb(object.color);
-    for (let y = 0; y < h; y += 1) {
-      for (let x = 0; x < w; x += 1) {
+    const [bx, by, bw, bh] = entry.bbox ?? [0, 0, w, h]; // COCO [x, y, width, height]: only its pixels are visited
+    const x0 = Math.max(0, Math.floor(bx)), x1 = Math.min(w, Math.ceil(bx + bw));
+    const y0 = Math.max(0, Math.floor(by)), y1 = Math.min(h, Math.ceil(by + bh));
+    for (let y = y0; y < y1; y += 1) {
+      for (let x = x0; x < x1; x += 1) {
         const i = y * w + x;
         if (!mask[i]) continue;
         const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1
@@ -356,6 +361,7 @@ function drawMasks() {
     }
   }
   context.putImageData(image, 0, 0); // filled in the object's colour, outlined in white so it reads on any frame
+  state.lastDrawMs = performance.now() - startedAt;
 }
 
 function storeMasks(record) {
@@ -482,7 +488,7 @@ async function sendPrompt(prompt, startedAt) {
   state.lastLatencyMs = performance.now() - startedAt;
   state.lastTimings = { total: state.lastLatencyMs, before_request: requestedAt - startedAt,
     request: state.lastRequestMs, server: serverTiming(response), draw: drawnAt - receivedAt,
-    paint: performance.now() - drawnAt };
+    paint: performance.now() - drawnAt, overlay: state.lastDrawMs };
   state.latencies.push(state.lastLatencyMs);
   $("#retrack").hidden = !state.tracked;
   return record;
