@@ -124,6 +124,9 @@ def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, 
         wait_until(lambda: driver.execute_script("return window.studio.state.session?.id"), 60, "the upload", driver)
         wait_until(lambda: driver.execute_script("return document.getElementById('frame').naturalWidth > 0;"),
                    30, "the first frame")
+        # The page has the worker prepare the frame it shows, so the click finds the frame's data computed.
+        wait_until(lambda: driver.execute_script("return window.studio.state.prepared.has(0);"), 60,
+                   "frame 0 to be prepared", driver)
         reason = driver.find_element(By.ID, "text-reason").text
         assert "cannot use text or reference" in reason
         assert not driver.find_element(By.ID, "text-prompt").is_enabled()
@@ -134,6 +137,8 @@ def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, 
         assert steps[-1]["iou"] > 0.6, f"IoU after each prompt: {steps}"
         first = mask(driver, 0)
         assert driver.execute_script("return window.studio.state.lastLatencyMs;") > 0
+        server_timing = driver.execute_script("return window.studio.state.lastTimings.server;")
+        assert set(server_timing) == {"check", "relay", "worker", "engine", "api"}  # the page reads Server-Timing
 
         runs = finished_runs(driver)
         driver.find_element(By.ID, "track").click()
@@ -213,8 +218,14 @@ def test_keys_brush_objects_and_undo(server: Any, artifacts: Path) -> None:
         assert scribbled is not None and scribbled[315, 280]  # the stroke's middle is in object 2's mask
         driver.save_screenshot(str(artifacts / "8-brush.png"))
 
-        stage.send_keys("z")
-        wait_until(lambda: revision(driver, 10) >= 2, 30, "the undo", driver)
+        stage.send_keys("b")  # back to clicks: a negative click in the scribble's mask corrects it
+        click_video(driver, 300.0, 310.0, right=True)
+        wait_until(lambda: revision(driver, 10) >= 2, 30, "the correction", driver)
+        stage.send_keys("z")  # undoes the correction: the scribble's mask again
+        wait_until(lambda: revision(driver, 10) >= 3, 30, "the first undo", driver)
+        assert np.array_equal(mask(driver, 10, 2), scribbled)
+        stage.send_keys("z")  # undoes the scribble: nothing left
+        wait_until(lambda: revision(driver, 10) >= 4, 30, "the second undo", driver)
         undone = mask(driver, 10, 2)
         assert undone is None or not undone.any()
 
