@@ -12,7 +12,9 @@ Per sequence, on the same :class:`vos.session.Session` API the service uses:
   ground-truth mask of every object on that frame.
 
 After each round the sequence is scored with the official J and F (:mod:`eval.metrics`). The report gives J&F after
-rounds 0, 1, 3 and 5, and the rounds needed to reach J&F >= ``target`` (capped at ``max_rounds``).
+rounds 0, 1, 3 and 5, and the rounds needed to reach J&F >= ``target`` (capped at ``max_rounds``). Each sequence's
+CSV also tells, per round, how good the correction was on its frame (J before and right after) and whether the
+propagation kept it: the mean J of the other frames the round changed, before and after.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class Correction:
     y: float = -1.0
     j_before: float = -1.0  # J of the corrected frame (mean over objects) before and right after the correction
     j_after: float = -1.0
+    # Whether propagation keeps the correction: mean J over the other frames whose masks the round changed, before
+    # and after it, and how many they were.
+    changed_frames: int = 0
+    changed_j_before: float = -1.0
+    changed_j_after: float = -1.0
 
 
 @dataclass
@@ -95,12 +102,17 @@ def interact(sequence: VosSequence, engine: Engine, *, mask_corrections: bool = 
                 break
             frame = _worst_frame(truth, predictions, ids)
             before = _frame_j(truth[frame], predictions[frame], ids)
+            previous = predictions.copy()
             correction = _correct(session, truth[frame], predictions[frame], frame, ids, round_, mask_corrections)
             if correction is None:
                 break  # nothing left to correct
             _propagate(session, frame, predictions)
-            result.corrections.append(replace(correction, j_before=before,
-                                              j_after=_frame_j(truth[frame], predictions[frame], ids)))
+            changed = [t for t in range(len(truth)) if t != frame and not np.array_equal(previous[t], predictions[t])]
+            result.corrections.append(replace(
+                correction, j_before=before, j_after=_frame_j(truth[frame], predictions[frame], ids),
+                changed_frames=len(changed),
+                changed_j_before=_mean_j(truth, previous, changed, ids),
+                changed_j_after=_mean_j(truth, predictions, changed, ids)))
             result.jf.append(_jf(sequence, truth, predictions, ids))
     return result
 
@@ -125,6 +137,13 @@ def _worst_frame(truth: np.ndarray, predictions: np.ndarray, ids: Sequence[int])
 
 def _frame_j(truth: np.ndarray, prediction: np.ndarray, ids: Sequence[int]) -> float:
     return float(np.mean([region_similarity(truth == i, prediction == i) for i in ids]))
+
+
+def _mean_j(truth: np.ndarray, predictions: np.ndarray, frames: Sequence[int], ids: Sequence[int]) -> float:
+    """Mean J over ``frames`` (-1 when there are none)."""
+    if not frames:
+        return -1.0
+    return float(np.mean([_frame_j(truth[t], predictions[t], ids) for t in frames]))
 
 
 def _correct(session: Session, truth: np.ndarray, prediction: np.ndarray, frame: int, ids: Sequence[int],
@@ -206,11 +225,13 @@ def _write_sequence_csv(result: SequenceInteraction, path: Path) -> Path:
         by_round.setdefault(correction.round, []).append(correction)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["round", "J&F", "frame", "object", "kind", "x", "y", "frame-J-before", "frame-J-after"])
+        writer.writerow(["round", "J&F", "frame", "object", "kind", "x", "y", "frame-J-before", "frame-J-after",
+                         "changed-frames", "changed-J-before", "changed-J-after"])
         for round_, jf in enumerate(result.jf):
             for c in by_round.get(round_, [Correction(round_, -1, 0, "none")]):
                 writer.writerow([round_, f"{jf:.6f}", c.frame, c.object_id, c.kind, c.x, c.y, f"{c.j_before:.4f}",
-                                 f"{c.j_after:.4f}"])
+                                 f"{c.j_after:.4f}", c.changed_frames, f"{c.changed_j_before:.4f}",
+                                 f"{c.changed_j_after:.4f}"])
     return path
 
 

@@ -39,6 +39,9 @@ def test_mask_corrections_raise_jf(davis16_root: Path, tmp_path: Path) -> None:
     assert result.jf[-1] > result.jf[0] + 0.1, result.jf
     assert all(c.kind == "mask" and c.j_after == pytest.approx(1.0) for c in result.corrections[1:])
     assert len(result.jf) == len(result.corrections)  # one correction per round
+    propagated = [c for c in result.corrections[1:] if c.changed_frames]
+    assert propagated, "the corrections changed no other frame"
+    assert np.mean([c.changed_j_after for c in propagated]) > np.mean([c.changed_j_before for c in propagated])
 
 
 def test_every_object_of_a_multi_object_sequence_gets_its_click(davis16_root: Path, tmp_path: Path) -> None:
