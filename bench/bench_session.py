@@ -7,7 +7,7 @@
    (frames are drawn on demand, so only the session holds memory). Each length runs in its own process so its peak
    (VmHWM) is its own. Target: flat with video length. What keeps it flat: results on disk, byte-bounded frame
    and feature caches that a sweep does not fill (its per-frame data stays in a small window of its own), and a
-   fixed glibc mmap threshold (else heap fragmentation from freed frame-sized blocks creeps up with length).
+   fixed glibc mmap threshold (1 MB; else heap fragmentation from freed frame-sized blocks creeps up with length).
 3. **Backward propagation**: per shared DAVIS 2016 val sequence, J&F of the ground-truth mask on the middle frame
    propagated both ways against the ground-truth mask on frame 0 propagated forward (official J and F over the frames
    neither run was prompted on, first and last dropped). Target: within 0.05.
