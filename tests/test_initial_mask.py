@@ -179,4 +179,9 @@ def test_frame_motion_is_measured_once_per_frame_for_all_its_prompts() -> None:
     assert np.array_equal(initial_mask(frames[0], prompt, speed=speed),
                           initial_mask(frames[0], prompt, following=frames[1:]))
     last = VideoFrame(len(frames) - 1, frames[-1], cache=ByteLRUCache(1 << 24), read=read, num_frames=len(frames))
-    assert frame_motion(last) is None  # nothing follows the last frame
+    reads.clear()
+    speed = frame_motion(last)  # nothing follows the last frame: the frames before it show the disc moving
+    assert reads == list(range(len(frames) - 2, -1, -1))
+    assert speed is not None and speed[48, 50 + 4 * MOTION_FRAMES] > 2 * speed[10, 10]
+    lone = VideoFrame(0, frames[0], cache=ByteLRUCache(1 << 24), read=read, num_frames=1)
+    assert frame_motion(lone) is None  # a video of one frame has no motion
