@@ -3,11 +3,12 @@
 Positive clicks and strokes add the part they point at, negative ones remove the part they point at; the rest of
 the mask stays as it was. A positive click away from the mask (no positive seed within ``_CORRECTION_REACH`` of it)
 says the object was lost there: it is segmented afresh like a first click, with the frame's motion cue, and that
-replaces the lost mask (unless the fresh segmentation finds no more than the click itself: then the mask is grown
-towards the click as below; replacing it by a growth from the click alone turned drift-turn's last frame from J 0.53
-to 0.02). A positive click's colour fill (``_pointed_part``) reaches twice the
-click's distance to the mask, that distance counted at most ``_ADD_REACH`` of the frame's short side: from an empty
-or distant mask it was unbounded and flooded the background.
+replaces the lost mask; but when the fresh segmentation finds no more than the click itself, or overlaps the mask
+(the click is on the object the mask holds part of), the mask is grown towards the click as below instead: replacing it
+turned drift-turn's last frame from J 0.53 to 0.02, and with the overlap rule drift-turn's J&F after 5 rounds rose
+0.53 -> 0.61 (7 train sequences 0.482, the others within 0.01). A positive click's colour fill (``_pointed_part``)
+reaches twice the click's distance to the mask, that distance counted at most ``_ADD_REACH`` of the frame's short
+side: from an empty or distant mask it was unbounded and flooded the background.
 
 Chosen on 8 DAVIS 2016 train sequences (dog-agility, rollerblade, motorbike, soccerball, boat, hockey, mallard-fly,
 kite-walk) with ``vos eval interactive`` (5 click rounds): J&F after round 5 0.369 -> 0.401 with the fresh segmentation
@@ -47,7 +48,7 @@ def corrected_mask(image: np.ndarray, current: np.ndarray, prompt: ObjectPrompt,
         lost = not within(current, max(8.0, _CORRECTION_REACH * min(height, width)))[positive].any()
         if lost:
             fresh = initial_mask(image, prompt, speed=speed)
-            if np.count_nonzero(fresh) > _FRESH_FACTOR * np.count_nonzero(positive):
+            if np.count_nonzero(fresh) > _FRESH_FACTOR * np.count_nonzero(positive) and not (fresh & current).any():
                 return fresh
         mask |= _added(image, mask, prompt, positive, negative)
     for point in prompt.points:
