@@ -8,7 +8,17 @@ import numpy as np
 
 def within(mask: np.ndarray, distance: float) -> np.ndarray:
     """Pixels within ``distance`` of ``mask`` (the mask included)."""
-    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3) <= distance
+    near = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return near
+    # Only the mask's box grown by ``distance`` can be near it, and the distance transform's shortest paths stay in
+    # that box, so transforming just the box gives the same pixels for far less work.
+    margin = int(np.ceil(distance)) + 2
+    rows, columns = bounds(mask)
+    box = (slice(max(0, rows.start - margin), rows.stop + margin),
+           slice(max(0, columns.start - margin), columns.stop + margin))
+    near[box] = cv2.distanceTransform((~mask[box]).astype(np.uint8), cv2.DIST_L2, 3) <= distance
+    return near
 
 
 def bounds(region: np.ndarray) -> tuple[slice, slice]:
