@@ -86,7 +86,16 @@ class ClassicalObject(ObjectState):
     samples: dict[int, _ColourSample] = field(default_factory=dict)  # anchor frame -> its pixels
     bg_model: np.ndarray | None = None  # float64 [1, 65]; None while the anchors lack object or background pixels
     fg_model: np.ndarray | None = None
-    colour_log_ratio: np.ndarray | None = None  # the two models' log-ratio per quantised colour (see _colour_table)
+    _log_ratio: np.ndarray | None = field(default=None, repr=False)  # computed on first use after each fit
+
+    @property
+    def colour_log_ratio(self) -> np.ndarray | None:
+        """The two models' log-ratio per quantised colour (see :func:`_colour_index`), None without models. Built
+        when a propagation first needs it, not on every prompt: a click then pays only for the fit."""
+        if self._log_ratio is None and self.fg_model is not None and self.bg_model is not None:
+            self._log_ratio = _gmm_log_likelihood(self.fg_model, _COLOUR_LEVELS) - _gmm_log_likelihood(
+                self.bg_model, _COLOUR_LEVELS)
+        return self._log_ratio
 
 
 @dataclass
@@ -508,16 +517,15 @@ def _learn_colour_models(state: ClassicalObject) -> None:
     which here are all sure, so one pass over the pixels laid out as one row is exactly that fit)."""
     pixels = np.concatenate([s.pixels for s in state.samples.values()] or [np.zeros((0, 3), np.uint8)])
     is_object = np.concatenate([s.is_object for s in state.samples.values()] or [np.zeros(0, bool)])
+    state._log_ratio = None
     if is_object.all() or not is_object.any():
-        state.bg_model = state.fg_model = state.colour_log_ratio = None
+        state.bg_model = state.fg_model = None
         return
     labels = np.where(is_object, cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)[None]
     state.bg_model, state.fg_model = np.zeros((1, 65)), np.zeros((1, 65))
     cv2.setRNGSeed(0)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
     cv2.grabCut(np.ascontiguousarray(pixels[None]), labels, None, state.bg_model, state.fg_model, 1,
                 cv2.GC_INIT_WITH_MASK)
-    state.colour_log_ratio = _gmm_log_likelihood(state.fg_model, _COLOUR_LEVELS) - _gmm_log_likelihood(
-        state.bg_model, _COLOUR_LEVELS)
 
 
 def _colour_index(bgr: np.ndarray) -> np.ndarray:
