@@ -10,7 +10,7 @@ import pytest
 from skimage.morphology import skeletonize
 
 from vos.engine import VideoFrame
-from vos.engines.initial_mask import initial_mask
+from vos.engines.initial_mask import _demote_surrounding_colours, initial_mask
 from vos.engines.moving_region import MOTION_FRAMES, frame_motion
 from vos.errors import PromptError
 from vos.masks import read_label_png
@@ -185,3 +185,17 @@ def test_frame_motion_is_measured_once_per_frame_for_all_its_prompts() -> None:
     assert speed is not None and speed[48, 50 + 4 * MOTION_FRAMES] > 2 * speed[10, 10]
     lone = VideoFrame(0, frames[0], cache=ByteLRUCache(1 << 24), read=read, num_frames=1)
     assert frame_motion(lone) is None  # a video of one frame has no motion
+
+
+def test_box_colours_more_common_around_it_start_as_background() -> None:
+    """A grey wall in and around the box starts as probable background; the object's red, only inside, stays
+    probable object; nothing outside the box changes."""
+    frame = np.full((60, 80, 3), 128, np.uint8)
+    frame[20:40, 30:45] = (200, 30, 30)
+    trimap = np.full((60, 80), cv2.GC_BGD, np.uint8)
+    trimap[15:45, 25:55] = cv2.GC_PR_FGD
+    _demote_surrounding_colours(frame, trimap)
+    box = trimap[15:45, 25:55]
+    assert np.all(box[5:25, 5:20] == cv2.GC_PR_FGD)  # the red block
+    assert np.count_nonzero(box == cv2.GC_PR_BGD) == box.size - 20 * 15  # the grey rest of the box
+    assert np.count_nonzero(trimap == cv2.GC_BGD) == trimap.size - box.size

@@ -167,22 +167,24 @@ def _demote_surrounding_colours(frame: np.ndarray, trimap: np.ndarray) -> None:
     inside = trimap == cv2.GC_PR_FGD
     if not inside.any():
         return
-    ys, xs = np.nonzero(inside)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    mx, my = int(CONTEXT_MARGIN * (x1 - x0)) + 8, int(CONTEXT_MARGIN * (y1 - y0)) + 8
-    ring = np.zeros_like(inside)
-    ring[max(0, y0 - my):y1 + my, max(0, x0 - mx):x1 + mx] = True
-    ring &= ~inside
-    if not ring.any():  # the box covers the frame: nothing to compare with
+    x0, y0, box_width, box_height = cv2.boundingRect(inside.astype(np.uint8))
+    mx, my = int(CONTEXT_MARGIN * box_width) + 8, int(CONTEXT_MARGIN * box_height) + 8
+    # Only the box and its ring are looked at: colours, counts and labels are computed on their rectangle alone.
+    window = np.s_[max(0, y0 - my):y0 + box_height + my, max(0, x0 - mx):x0 + box_width + mx]
+    inside = inside[window]
+    inside_count = np.count_nonzero(inside)
+    if inside_count == inside.size:  # the box covers the frame: no ring to compare with
         return
-    lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB).astype(np.int32) * BOX_COLOUR_BINS >> 8
+    lab = cv2.cvtColor(np.ascontiguousarray(frame[window]), cv2.COLOR_RGB2LAB).astype(np.uint16) * BOX_COLOUR_BINS >> 8
     colour = (lab[..., 0] * BOX_COLOUR_BINS + lab[..., 1]) * BOX_COLOUR_BINS + lab[..., 2]
     bins = BOX_COLOUR_BINS**3
-    inside_hist = (np.bincount(colour[inside], minlength=bins) + 0.5) / inside.sum()
-    ring_hist = (np.bincount(colour[ring], minlength=bins) + 0.5) / ring.sum()
-    demoted = inside & (inside_hist[colour] < ring_hist[colour])
-    if np.count_nonzero(demoted) < np.count_nonzero(inside):  # GrabCut needs some object samples to start from
-        trimap[demoted] = cv2.GC_PR_BGD
+    inside_counts = np.bincount(colour[inside], minlength=bins)
+    ring_counts = np.bincount(colour.ravel(), minlength=bins) - inside_counts  # the ring: the rectangle less the box
+    inside_hist = (inside_counts + 0.5) / inside_count
+    ring_hist = (ring_counts + 0.5) / (inside.size - inside_count)
+    demoted = inside & (inside_hist < ring_hist)[colour]
+    if np.count_nonzero(demoted) < inside_count:  # GrabCut needs some object samples to start from
+        trimap[window][demoted] = cv2.GC_PR_BGD
 
 
 def _box_pixels(prompt: ObjectPrompt, height: int, width: int) -> tuple[int, int, int, int]:
@@ -222,9 +224,9 @@ def _probable_region(positive: np.ndarray, height: int, width: int) -> tuple[int
 def _grabcut_in_crop(frame: np.ndarray, trimap: np.ndarray, iterations: int, max_side: int) -> np.ndarray:
     """Run GrabCut on the probable region plus background context, downscaled; return the full-frame mask."""
     height, width = trimap.shape
-    ys, xs = np.nonzero(trimap != cv2.GC_BGD)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    mx, my = int(CONTEXT_MARGIN * (x1 - x0)) + 8, int(CONTEXT_MARGIN * (y1 - y0)) + 8
+    x0, y0, region_width, region_height = cv2.boundingRect((trimap != cv2.GC_BGD).astype(np.uint8))
+    x1, y1 = x0 + region_width, y0 + region_height
+    mx, my = int(CONTEXT_MARGIN * region_width) + 8, int(CONTEXT_MARGIN * region_height) + 8
     cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
     crop_image, crop_trimap = frame[cy0:cy1, cx0:cx1], trimap[cy0:cy1, cx0:cx1]
     scale = min(1.0, max_side / max(crop_image.shape[:2]))
