@@ -12,13 +12,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from browser import chromium, click_video, drag_video, missing_browser, wait_until
 from PIL import Image
 from studio_helpers import SAMPLE, SAMPLE_MASK, SWAN_POINT
 
+from eval.runner import interior_point
 from vos.masks import decode_rle
 
 pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
@@ -73,9 +73,8 @@ def false_positive_point(predicted: np.ndarray, expected: np.ndarray) -> tuple[f
     if wrong.sum() < 50:
         ys, xs = np.nonzero(~predicted & ~expected)
         return float(xs[len(xs) // 2]), float(ys[len(ys) // 2])
-    distance = cv2.distanceTransform(wrong, cv2.DIST_L2, 5)
-    y, x = np.unravel_index(distance.argmax(), distance.shape)
-    return float(x), float(y)
+    point = interior_point(wrong.astype(bool))
+    return point.x, point.y
 
 
 def prompt_until_good(driver: Any, artifacts: Path) -> list[dict[str, Any]]:
@@ -105,9 +104,8 @@ def worst_error(predicted: np.ndarray, expected: np.ndarray) -> tuple[tuple[floa
     """The interior point of the largest error region, and whether it needs a negative (right) click."""
     taken, missed = (predicted & ~expected).astype(np.uint8), (expected & ~predicted).astype(np.uint8)
     region = taken if taken.sum() >= missed.sum() else missed
-    distance = cv2.distanceTransform(region, cv2.DIST_L2, 5)
-    y, x = np.unravel_index(distance.argmax(), distance.shape)
-    return (float(x), float(y)), region is taken
+    point = interior_point(region.astype(bool))  # as the simulated user of `vos eval interactive` clicks
+    return (point.x, point.y), region is taken
 
 
 def test_upload_click_track_correct_retrack_export(server: Any, tmp_path: Path, artifacts: Path) -> None:
