@@ -34,7 +34,9 @@ object. Text and reference-image prompts need the SEEM engine.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -196,16 +198,18 @@ class ClassicalEngine(Engine):
         if not prior.any() or track.colour_log_ratio is None:  # no colour models (e.g. the object fills its frames)
             track.mask, track.score = prior, float(prior.any())
             return
+        # The crop holds the whole prior and every pixel the refiner may keep, so the rest of the frame stays empty.
         crop, inputs = self.refiner_inputs(track, prior, motion_cue, bgr)
-        probability = np.zeros(prior.shape, np.float32)
-        probability[crop] = object_probability(inputs, self.refiner)
-        mask = _overlapping(probability > _OBJECT_PROBABILITY, prior)
-        track.score = np.count_nonzero(mask & prior) / max(1, np.count_nonzero(mask | prior))
-        if not mask.any():  # nothing looks like the object any more: keep the moved mask, re-detection may find it
+        decided = object_probability(inputs, self.refiner)
+        kept = _overlapping(decided > _OBJECT_PROBABILITY, prior[crop])
+        track.score = np.count_nonzero(kept & prior[crop]) / max(1, np.count_nonzero(kept | prior[crop]))
+        if not kept.any():  # nothing looks like the object any more: keep the moved mask, re-detection may find it
             track.mask, track.probability = prior, None
             return
         # Dropped blobs leave the probability map too; the kept ones keep their soft edges for upsampling.
-        track.mask, track.probability = mask, probability * cv2.dilate(mask.astype(np.uint8), _SPECKLE)
+        track.mask, track.probability = np.zeros_like(prior), np.zeros(prior.shape, np.float32)
+        track.mask[crop] = kept
+        track.probability[crop] = decided * cv2.dilate(kept.astype(np.uint8), _SPECKLE)
 
     def refiner_inputs(self, track: _Track, prior: np.ndarray, motion_cue: np.ndarray | None, bgr: np.ndarray
                        ) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -223,8 +227,8 @@ class ClassicalEngine(Engine):
         """The previous mask moved to this frame: per-pixel flow where it follows the object's affine motion,
         corrected by motion segmentation against the camera's motion; and the motion cue (how much farther a
         pixel's flow is from the camera's motion than from the object's, None for a still or unknown camera)."""
-        previous, flow, grid = track.mask, motion.flow, motion.grid
-        local = _warp(previous.astype(np.float32), flow)
+        previous, flow = track.mask, motion.flow
+        local = _warp(previous.astype(np.float32), motion.target)
         interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         affine = _fit_affine(interior if interior.any() else previous, flow)
         if affine is None:
@@ -233,12 +237,12 @@ class ClassicalEngine(Engine):
         # ``affine`` maps current to previous coordinates, which is warpAffine's inverse map.
         whole = cv2.warpAffine(previous.astype(np.float32), affine, (width, height),
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        object_motion = grid.affine(affine)
+        object_motion = cv2.transform(motion.points, affine.astype(np.float32))
         deviation = _distance(object_motion, motion.target)
         prior = np.where(deviation <= self.options.flow_tolerance, local, whole) > 0.5
         if motion.camera_motion is None or track.colour_log_ratio is None:
             return prior, None
-        if motion.camera_shift[previous].mean() < self.options.flow_tolerance:
+        if motion.camera_shift(previous) < self.options.flow_tolerance:
             return prior, None  # a still camera: parts of the object at rest would look like background
         prior = self._segment_by_motion(track, prior, bgr, motion, object_motion, deviation)
         return prior, motion.from_camera - deviation
@@ -246,7 +250,7 @@ class ClassicalEngine(Engine):
     def _segment_by_motion(self, track: _Track, prior: np.ndarray, bgr: np.ndarray, motion: _FrameMotion,
                            object_motion: np.ndarray, deviation: np.ndarray) -> np.ndarray:
         """Drop prior pixels that move with the camera; add nearby ones that move with the object (see step 2)."""
-        assert motion.camera_motion is not None and motion.from_camera is not None
+        assert motion.camera_motion is not None
         from_camera, camera_motion = motion.from_camera, motion.camera_motion
         distinct = _distance(object_motion, camera_motion) > self.options.flow_tolerance
         with_camera = distinct & (from_camera < _BACKGROUND_TOLERANCE)
@@ -314,34 +318,94 @@ def _upsampled(image: np.ndarray, crop: tuple[slice, slice], shape: tuple[int, i
 
 class _ClassicalPropagation(Propagation):
     """One sweep: the previous frame's grey image (flow is computed from each frame to the previous one in the
-    sweep's order, so a backward sweep is a forward sweep over the reversed video) and each object's mask."""
+    sweep's order, so a backward sweep is a forward sweep over the reversed video) and each object's mask.
+
+    Once the sweep's direction is known, the next frame's flow is computed on another thread while this frame's
+    objects are (the flow needs no mask): decoding, the working images and DIS are about half of a one-object
+    frame's time. The step waits for it before returning, so nothing runs between steps."""
 
     def __init__(self, engine: ClassicalEngine) -> None:
         self._engine = engine
         self._flow = cv2.DISOpticalFlow_create(_DIS_PRESETS[engine.options.flow_preset])
         self._previous_gray: np.ndarray | None = None
+        self._previous_index: int | None = None
+        self._ahead: tuple[int, np.ndarray] | None = None  # the next frame's index and flow, computed in advance
         self._tracks: dict[int, _Track] = {}
 
     def step(self, frame: VideoFrame, objects: Mapping[int, ObjectState],
              seeds: Mapping[int, np.ndarray]) -> dict[int, ObjectResult]:
-        engine = self._engine
-        bgr, gray = engine._working_images(frame)
+        bgr, gray = self._engine._working_images(frame)
         self._tracks = {i: t for i, t in self._tracks.items() if i in objects and i not in seeds}
-        if self._tracks and self._previous_gray is not None:
-            flow = _resize_flow(self._flow.calc(gray, self._previous_gray, None), bgr.shape[:2])
-            masks = [track.mask for track in self._tracks.values()]
-            motion = _FrameMotion(flow, masks, engine._reach(masks[0]))
-            for track in self._tracks.values():
-                engine._propagate(track, motion, bgr)
-            _compete(self._tracks.values())
+        flow = self._flow_to_previous(frame.index, gray, bgr.shape[:2]) if self._tracks else None
+        ahead = self._compute_ahead(frame, gray)
+        try:
+            results = self._follow(frame, objects, seeds, bgr, flow)
+        finally:
+            self._ahead = None if ahead is None else _finished(ahead)
+        self._previous_gray, self._previous_index = gray, frame.index
+        return results
+
+    def _follow(self, frame: VideoFrame, objects: Mapping[int, ObjectState], seeds: Mapping[int, np.ndarray],
+                bgr: np.ndarray, flow: np.ndarray | None) -> dict[int, ObjectResult]:
+        """Move the tracked objects to this frame along ``flow`` (None: nothing to move), start the seeded ones."""
+        engine = self._engine
+        if flow is not None:
+            tracks = list(self._tracks.values())
+            motion = _FrameMotion(flow, [track.mask for track in tracks], engine._reach(tracks[0].mask))
+            if len(tracks) == 1:
+                engine._propagate(tracks[0], motion, bgr)
+            else:  # objects are independent until they compete; the refiner and OpenCV release the GIL
+                list(_OBJECTS.map(lambda track: engine._propagate(track, motion, bgr), tracks))
+            _compete(tracks)
             _reacquire(self._tracks, bgr)
         for object_id, mask in seeds.items():
             state = objects[object_id]
             assert isinstance(state, ClassicalObject)
             small = resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
             self._tracks[object_id] = _Track(small, state.colour_log_ratio, 1.0, Reacquirer.start(bgr, small))
-        self._previous_gray = gray
         return engine._results(frame.image.shape[:2], self._tracks, seeds)
+
+    def _flow_to_previous(self, index: int, gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        """The flow from this frame (``gray``) to the previous one at working resolution ``shape``; None on the
+        sweep's first frame."""
+        if self._ahead is not None and self._ahead[0] == index:
+            return self._ahead[1]
+        if self._previous_gray is None:
+            return None
+        return _resize_flow(self._flow.calc(gray, self._previous_gray, None), shape)
+
+    def _compute_ahead(self, frame: VideoFrame, gray: np.ndarray) -> Future[tuple[int, np.ndarray]] | None:
+        """Start computing the flow of the sweep's next frame to this one (``gray``), or None when the sweep's
+        direction is not known yet or it ends here."""
+        if self._previous_index is None or frame.read is None or abs(frame.index - self._previous_index) != 1:
+            return None
+        index = 2 * frame.index - self._previous_index
+        if not 0 <= index < frame.num_frames:
+            return None
+
+        def compute() -> tuple[int, np.ndarray]:
+            assert frame.read is not None
+            upcoming = VideoFrame(index, frame.read(index), frame.cache, frame.read, frame.num_frames)
+            upcoming_bgr, upcoming_gray = self._engine._working_images(upcoming)
+            return index, _resize_flow(self._flow.calc(upcoming_gray, gray, None), upcoming_bgr.shape[:2])
+
+        return _AHEAD.submit(compute)
+
+
+# Computes the next frames' flows. Two workers, so that two sessions propagating at once do not wait for each other.
+_AHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classical-flow")
+# Propagates a frame's objects, two at a time: with several objects the core the next frame's flow leaves idle
+# takes half of them.
+_OBJECTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classical-objects")
+
+
+def _finished(ahead: Future[tuple[int, np.ndarray]]) -> tuple[int, np.ndarray] | None:
+    """The flow computed in advance, or None when it failed (the next step then reads its frame itself, and any
+    error is reported there, on the frame it belongs to)."""
+    try:
+        return ahead.result()
+    except Exception:
+        return None
 
 
 def _soft(track: _Track) -> np.ndarray:
@@ -395,12 +459,11 @@ def _resize_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(flow, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) * (shape[1] / flow.shape[1])
 
 
-def _warp(image: np.ndarray, backward_flow: np.ndarray) -> np.ndarray:
-    """Pull the previous frame's values along the flow from the current frame to the previous one."""
-    height, width = image.shape
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    return cv2.remap(image, grid_x + backward_flow[..., 0], grid_y + backward_flow[..., 1],
-                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+def _warp(image: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Pull the previous frame's values to each pixel of the current frame from where the flow sends it
+    (``target``, float32 [h, w, 2] as x, y: see :class:`_FrameMotion`)."""
+    return cv2.remap(image, target, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=0)
 
 
 def _sample_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -434,34 +497,34 @@ class _FrameMotion:
     (a homography fitted to the flow away from every object, or None when it cannot be fitted)."""
 
     def __init__(self, flow: np.ndarray, masks: Sequence[np.ndarray], reach: float) -> None:
-        height, width = flow.shape[:2]
         self.flow = flow
-        self.grid = _Grid(width, height)
-        self.target = self.grid.displaced(flow)
+        self.points = _pixel_coordinates(*flow.shape[:2])
+        self.target = self.points + flow
         near_objects = within(np.logical_or.reduce(masks), 3 * reach)
         camera = _fit_homography(~near_objects, flow)
-        self.camera_motion = None if camera is None else self.grid.homography(camera)
-        self.camera_shift = None if camera is None else _distance(self.camera_motion, self.grid.points)
-        # How far each pixel's flow lands from where the camera's motion would take it.
-        self.from_camera = None if camera is None else _distance(self.camera_motion, self.target)
+        self.camera_motion = None if camera is None else cv2.perspectiveTransform(
+            self.points.reshape(-1, 1, 2), camera.astype(np.float32)).reshape(self.points.shape)
+
+    def camera_shift(self, region: np.ndarray) -> float:
+        """How far the camera's motion moves the pixels of ``region`` (bool, non-empty) on average."""
+        assert self.camera_motion is not None
+        return float(_distance(self.camera_motion[region], self.points[region]).mean())
+
+    @functools.cached_property
+    def from_camera(self) -> np.ndarray:
+        """How far each pixel's flow lands from where the camera's motion would take it (only frames whose camera
+        moves need it)."""
+        assert self.camera_motion is not None
+        return _distance(self.camera_motion, self.target)
 
 
-class _Grid:
-    """Pixel coordinates of a frame, and where motion models send them (all float32 [h, w, 2] as x, y)."""
-
-    def __init__(self, width: int, height: int) -> None:
-        xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        self.points = np.stack([xs, ys], axis=-1)
-
-    def displaced(self, flow: np.ndarray) -> np.ndarray:
-        return self.points + flow
-
-    def affine(self, matrix: np.ndarray) -> np.ndarray:
-        return cv2.transform(self.points, matrix.astype(np.float32))
-
-    def homography(self, matrix: np.ndarray) -> np.ndarray:
-        return cv2.perspectiveTransform(self.points.reshape(-1, 1, 2), matrix.astype(np.float32)).reshape(
-            self.points.shape)
+@functools.lru_cache(maxsize=4)
+def _pixel_coordinates(height: int, width: int) -> np.ndarray:
+    """Each pixel's coordinates (float32 [h, w, 2] as x, y), made once per frame size (read-only, shared)."""
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    points = np.stack([xs, ys], axis=-1)
+    points.flags.writeable = False
+    return points
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ check it. The weights ship next to this module (``refiner.npz``, 5.8 thousand we
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -91,6 +93,19 @@ def object_probability(inputs: np.ndarray, net: RefinerNet | None = None) -> np.
     """Probability (float32 [h, w]) that each pixel of the crop whose cues are ``inputs`` is the object's, by ``net``
     (the shipped one when None)."""
     net = shipped_net() if net is None else net
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_thread():
         logits = net(torch.from_numpy(inputs)[None].contiguous(memory_format=torch.channels_last))
         return torch.sigmoid(logits[0, 0]).numpy()
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on the calling thread only: these thin convolutions gain little from a second thread, and when the
+    other core is busy (the engine's next-frame flow, another process) a thread waiting for it makes the net about
+    5 times slower (bear's crops on 2 cores, another process busy: 12 ms per frame on one thread, 60 ms on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
