@@ -50,7 +50,7 @@ from vos.engines.initial_mask import initial_mask
 from vos.engines.moving_region import frame_motion
 from vos.engines.redetect import Reacquirer
 from vos.engines.refiner import RefinerNet, crop_around, cues, object_probability
-from vos.engines.regions import bounds, resize, within
+from vos.engines.regions import bounds, grown, resize, within
 from vos.masks import exclusive_masks
 from vos.prompts import ObjectPrompt
 
@@ -226,7 +226,8 @@ class ClassicalEngine(Engine):
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """The previous mask moved to this frame: per-pixel flow where it follows the object's affine motion,
         corrected by motion segmentation against the camera's motion; and the motion cue (how much farther a
-        pixel's flow is from the camera's motion than from the object's, None for a still or unknown camera)."""
+        pixel's flow is from the camera's motion than from the object's, None for a still or unknown camera; it is
+        only computed around the prior, where the refiner looks)."""
         previous, flow = track.mask, motion.flow
         local = _warp(previous.astype(np.float32), motion.target)
         interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
@@ -237,33 +238,47 @@ class ClassicalEngine(Engine):
         # ``affine`` maps current to previous coordinates, which is warpAffine's inverse map.
         whole = cv2.warpAffine(previous.astype(np.float32), affine, (width, height),
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        object_motion = cv2.transform(motion.points, affine.astype(np.float32))
-        deviation = _distance(object_motion, motion.target)
-        prior = np.where(deviation <= self.options.flow_tolerance, local, whole) > 0.5
+        moved = (local > 0.5) | (whole > 0.5)
+        if not moved.any():
+            return moved, None
+        # Per-pixel motion matters only near the prior: motion segmentation adds pixels within 2 band widths of
+        # it, and the refiner looks 3 band widths beyond those; 6 leaves room for the distance transform's
+        # approximation. Outside, the prior is empty whichever motion is chosen.
+        region = grown(bounds(moved), 6 * self._reach(previous), previous.shape)
+        object_motion = cv2.transform(motion.points[region], affine.astype(np.float32))
+        deviation = _distance(object_motion, motion.target[region])
+        prior = np.zeros_like(moved)
+        prior[region] = np.where(deviation <= self.options.flow_tolerance, local[region], whole[region]) > 0.5
         if motion.camera_motion is None or track.colour_log_ratio is None:
             return prior, None
         if motion.camera_shift(previous) < self.options.flow_tolerance:
             return prior, None  # a still camera: parts of the object at rest would look like background
-        prior = self._segment_by_motion(track, prior, bgr, motion, object_motion, deviation)
-        return prior, motion.from_camera - deviation
+        prior = self._segment_by_motion(track, prior, bgr, motion, region, object_motion, deviation)
+        cue = np.zeros(prior.shape, np.float32)
+        cue[region] = motion.from_camera[region] - deviation
+        return prior, cue
 
     def _segment_by_motion(self, track: _Track, prior: np.ndarray, bgr: np.ndarray, motion: _FrameMotion,
-                           object_motion: np.ndarray, deviation: np.ndarray) -> np.ndarray:
-        """Drop prior pixels that move with the camera; add nearby ones that move with the object (see step 2)."""
+                           region: tuple[slice, slice], object_motion: np.ndarray, deviation: np.ndarray
+                           ) -> np.ndarray:
+        """Drop prior pixels that move with the camera; add nearby ones that move with the object (see step 2).
+        ``object_motion`` and ``deviation`` cover ``region``, which holds the prior and 6 band widths around it."""
         assert motion.camera_motion is not None
-        from_camera, camera_motion = motion.from_camera, motion.camera_motion
+        from_camera, camera_motion = motion.from_camera[region], motion.camera_motion[region]
         distinct = _distance(object_motion, camera_motion) > self.options.flow_tolerance
         with_camera = distinct & (from_camera < _BACKGROUND_TOLERANCE)
         tolerance = self.options.flow_tolerance
         with_object = (distinct & (deviation <= tolerance) & (from_camera > tolerance)
-                       & ~prior & within(prior, 2 * self._reach(prior)))
+                       & ~prior[region] & within(prior, 2 * self._reach(prior))[region])
         ys, xs = np.nonzero(with_object)
-        likely = track.colour_log_ratio[_colour_index(bgr[ys, xs])] > 0
-        added = np.zeros_like(prior)
+        likely = track.colour_log_ratio[_colour_index(bgr[region][ys, xs])] > 0
+        added = np.zeros_like(with_object)
         added[ys[likely], xs[likely]] = True
         # Speckle (dark ripples around a dark swan) fits both tests by chance; parts coming back are solid.
         added = cv2.morphologyEx(added.astype(np.uint8), cv2.MORPH_OPEN, _SPECKLE).astype(bool)
-        return (prior & ~with_camera) | added
+        segmented = prior.copy()
+        segmented[region] = (prior[region] & ~with_camera) | added
+        return segmented
 
     def _reach(self, mask: np.ndarray) -> float:
         return max(2.0, self.options.band * mask.shape[1])

@@ -13,10 +13,7 @@ def within(mask: np.ndarray, distance: float) -> np.ndarray:
         return near
     # Only the mask's box grown by ``distance`` can be near it, and the distance transform's shortest paths stay in
     # that box, so transforming just the box gives the same pixels for far less work.
-    margin = int(np.ceil(distance)) + 2
-    rows, columns = bounds(mask)
-    box = (slice(max(0, rows.start - margin), rows.stop + margin),
-           slice(max(0, columns.start - margin), columns.stop + margin))
+    box = grown(bounds(mask), distance + 2, mask.shape)
     near[box] = cv2.distanceTransform((~mask[box]).astype(np.uint8), cv2.DIST_L2, 3) <= distance
     return near
 
@@ -33,3 +30,10 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == shape:
         return image
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def grown(box: tuple[slice, slice], margin: float, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """``box`` grown by ``margin`` pixels (rounded up) on every side, within a frame of ``shape``."""
+    pad = int(np.ceil(margin))
+    return (slice(max(0, box[0].start - pad), min(shape[0], box[0].stop + pad)),
+            slice(max(0, box[1].start - pad), min(shape[1], box[1].stop + pad)))
