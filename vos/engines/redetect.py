@@ -65,7 +65,11 @@ class AppearanceModel:
     def is_lost(self, bgr: np.ndarray, mask: np.ndarray) -> bool:
         """Whether ``mask`` has lost the object: far fewer of its pixels have the object's colours than on the
         prompt frame (objects whose colours never told them apart are never declared lost)."""
-        return self.prompt_evidence > 2 * LOST_EVIDENCE and self.evidence(bgr, mask) < LOST_EVIDENCE
+        return self.lost_at(self.evidence(bgr, mask))
+
+    def lost_at(self, evidence: float) -> bool:
+        """Whether a mask with this ``evidence`` (see :meth:`evidence`) has lost the object (see :meth:`is_lost`)."""
+        return self.prompt_evidence > 2 * LOST_EVIDENCE and evidence < LOST_EVIDENCE
 
     def redetect(self, bgr: np.ndarray, area: float, near: tuple[float, float], avoid: np.ndarray
                  ) -> np.ndarray | None:
@@ -125,11 +129,12 @@ class Reacquirer:
     def update(self, bgr: np.ndarray, mask: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
         """``mask`` on a new frame, or the object found again when ``mask`` has lost it; ``others`` (bool) are the
         pixels other tracked objects hold, never taken for this one (look-alike objects keep their identities)."""
-        if self.model.is_lost(bgr, mask):
+        evidence = self.model.evidence(bgr, mask)
+        if self.model.lost_at(evidence):
             found = self.model.redetect(bgr, self.area, self.centre, mask if others is None else mask | others)
             return mask if found is None else found
         area = float(np.count_nonzero(mask))
-        if self.model.evidence(bgr, mask) > _GOOD_EVIDENCE and 1 / _AREA_FACTOR < area / self.area < _AREA_FACTOR:
+        if evidence > _GOOD_EVIDENCE and 1 / _AREA_FACTOR < area / self.area < _AREA_FACTOR:
             self.area, self.centre = area, _centre(mask)
         return mask
 
