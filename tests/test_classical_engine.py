@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import numpy as np
 import pytest
 
 from eval.metrics import region_similarity
-from vos.engine import create_engine
+from vos.engine import VideoFrame, create_engine
 from vos.engines.classical import ClassicalEngine, _gmm_log_likelihood
 from vos.errors import EngineError, UnsupportedPromptError
 from vos.masks import read_label_png
 from vos.prompts import Box, ObjectPrompt, Point, Reference
 from vos.tracker import track
-from vos.video import open_video
+from vos.video import open_video, read_image
 
 SEQUENCE, N_FRAMES = "car-roundabout", 25
 
@@ -171,3 +172,34 @@ def test_fortran_order_mask_prompt_is_tracked(davis16_root: Path) -> None:
     masks = [frame[1] for frame in _run(davis16_root, "blackswan", [prompt], 3)]
     assert np.array_equal(masks[0], gt[0])
     assert float(np.mean(region_similarity(gt[1:], np.stack(masks[1:])))) > 0.85
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_the_flow_computed_ahead_and_objects_in_parallel_change_nothing(davis16_root: Path, backward: bool) -> None:
+    """A sweep that can read the next frame computes its flow ahead on another thread, and several objects are
+    propagated two at a time; the masks must be those of a sweep that reads nothing ahead, in either direction."""
+    sequence, n = "libby", 8
+    frames = [read_image(p) for p in sorted((davis16_root / "JPEGImages" / "480p" / sequence).glob("*.jpg"))[:n]]
+    gt = _gt(davis16_root, sequence, n)
+    order = list(range(n))[::-1] if backward else list(range(n))
+    corner = np.zeros_like(gt[0])
+    corner[:60, :80] = True  # a second object, so that objects are propagated in parallel
+
+    def sweep(read: Callable[[int], np.ndarray] | None) -> list[dict[int, np.ndarray]]:
+        engine = ClassicalEngine()
+        states = {1: engine.new_object(1), 2: engine.new_object(2)}
+        seeds = {1: gt[order[0]], 2: corner & ~gt[order[0]]}
+        first = VideoFrame(order[0], frames[order[0]])
+        for object_id, mask in seeds.items():
+            engine.add_prompt(first, states[object_id], ObjectPrompt(object_id=object_id, mask=mask), None)
+        propagation = engine.start_propagation()
+        masks = []
+        for step, index in enumerate(order):
+            frame = VideoFrame(index, frames[index], None, read, n)
+            results = propagation.step(frame, states, seeds if step == 0 else {})
+            masks.append({i: r.mask for i, r in results.items()})
+        return masks
+
+    ahead, alone = sweep(frames.__getitem__), sweep(None)
+    assert all(np.array_equal(a[i], b[i]) for a, b in zip(ahead, alone) for i in (1, 2))
+    assert float(np.mean(region_similarity(gt[order[1:]], np.stack([m[1] for m in ahead[1:]])))) > 0.6

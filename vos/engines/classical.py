@@ -27,9 +27,10 @@ Every frame, at a reduced working resolution:
    an occluder or the background); the blob of the frame most like the object replaces it
    (:mod:`vos.engines.redetect`).
 
-Only the previous grey frame and each object's mask and colour models are kept. Full-size masks are the refiner's
-probabilities upsampled (soft edges, not blocky ones) and made exclusive: a contested pixel goes to the most probable
-object. Text and reference-image prompts need the SEEM engine.
+Only the previous grey frame (and the next frame's flow, computed ahead on another thread) and each object's mask
+and colour models are kept. Full-size masks are the refiner's probabilities upsampled (soft edges, not blocky ones)
+and made exclusive: a contested pixel goes to the most probable object. Text and reference-image prompts need the
+SEEM engine.
 """
 
 from __future__ import annotations
