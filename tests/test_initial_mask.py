@@ -127,6 +127,18 @@ def test_box_uses_the_motion_of_the_following_frames(davis16_root: Path, sequenc
     assert _iou(mask, gt) > 0.7
 
 
+def test_box_restarts_grabcut_that_lost_the_object(davis16_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GrabCut's k-means start decides whether the boat is found (IoU 0.62 with the RNG seeded 0, 3 or 4) or lost
+    (0.03 with 1, 2 or 5: 1% of its box kept). Seeds shifted by one make the first start a losing one; the box path
+    must notice and start again."""
+    frames = _frames(davis16_root, "boat", 1 + MOTION_FRAMES)
+    gt = read_label_png(davis16_root / "Annotations" / "480p" / "boat" / "00000.png") > 0
+    seed_rng = cv2.setRNGSeed
+    monkeypatch.setattr(cv2, "setRNGSeed", lambda seed: seed_rng(seed + 1))
+    mask = initial_mask(frames[0], ObjectPrompt(object_id=1, box=_gt_box(gt)), following=frames[1:])
+    assert _iou(mask, gt) > 0.5
+
+
 def test_box_covering_the_whole_frame_gives_a_mask(davis16_root: Path) -> None:
     frames = _frames(davis16_root, "car-turn", 1 + MOTION_FRAMES)
     height, width = frames[0].shape[:2]
