@@ -30,7 +30,6 @@ from vos.engines.classical import (
     ClassicalEngine,
     ClassicalObject,
     _FrameMotion,
-    _learn_colour_models,
     _resize_flow,
     _Track,
 )
@@ -80,8 +79,7 @@ def _frames(engine: ClassicalEngine, sequence: VosSequence) -> Iterator[tuple[np
 def _colour_models(engine: ClassicalEngine, bgr: np.ndarray, truth: np.ndarray) -> np.ndarray | None:
     """The object's colour table learnt on its first frame, as the engine learns it from a mask prompt."""
     state = ClassicalObject(1)
-    state.samples[0] = engine._colour_sample(bgr, truth)
-    _learn_colour_models(state)
+    state.set_sample(0, engine._colour_sample(bgr, truth))
     return state.colour_log_ratio
 
 

@@ -16,8 +16,9 @@ Every frame, at a reduced working resolution:
 3. **Learned refiner.** A tiny convolutional net (:mod:`vos.engines.refiner`, a few thousand weights trained on the
    DAVIS 2016 train sequences by ``eval/train_refiner.py``) decides the pixels within 3 ``band`` widths of the moved
    mask from object-agnostic cues: the moved mask and the distance to its boundary, the log-ratio of the object's
-   and its surroundings' colour models (GMMs learnt on the prompt frames and *frozen*: re-anchoring every frame to
-   the prompt's appearance stops the slow drift of pure propagation; looked up in a table of quantised colours), the
+   and its surroundings' colour models (GMMs learnt on the prompt frames when a propagation first needs them, and
+   *frozen*: re-anchoring every frame to the prompt's appearance stops the slow drift of pure propagation; looked
+   up in a table of quantised colours), the
    grey image, and the motion cue of step 2. It replaced a GrabCut in the band: on the six train sequences it was
    not trained on J&F went from 0.600 to 0.614, and it is cheaper. Its pixels of probability >= 0.4 form the mask.
 4. **Clean-up and competition.** Small detached blobs are dropped, because background dragged along by the flow
@@ -89,12 +90,24 @@ class ClassicalObject(ObjectState):
     samples: dict[int, _ColourSample] = field(default_factory=dict)  # anchor frame -> its pixels
     bg_model: np.ndarray | None = None  # float64 [1, 65]; None while the anchors lack object or background pixels
     fg_model: np.ndarray | None = None
+    _fitted: bool = field(default=False, repr=False)  # whether the models were fitted to the current samples
     _log_ratio: np.ndarray | None = field(default=None, repr=False)  # computed on first use after each fit
+
+    def set_sample(self, frame_index: int, sample: _ColourSample | None) -> None:
+        """Set (or with None, drop) an anchor frame's pixels; the models are fitted anew when next needed."""
+        if sample is None:
+            self.samples.pop(frame_index, None)
+        else:
+            self.samples[frame_index] = sample
+        self._fitted, self._log_ratio = False, None
 
     @property
     def colour_log_ratio(self) -> np.ndarray | None:
-        """The two models' log-ratio per quantised colour (see :func:`_colour_index`), None without models. Built
-        when a propagation first needs it, not on every prompt: a click then pays only for the fit."""
+        """The two models' log-ratio per quantised colour (see :func:`_colour_index`), None without models. The
+        models are fitted, and the table built, when a propagation first needs them, not on every prompt: a prompt
+        pays for neither (the fit over all anchors took a click 24 ms, and more with every prompted frame)."""
+        if not self._fitted:
+            _learn_colour_models(self)
         if self._log_ratio is None and self.fg_model is not None and self.bg_model is not None:
             self._log_ratio = _gmm_log_likelihood(self.fg_model, _COLOUR_LEVELS) - _gmm_log_likelihood(
                 self.bg_model, _COLOUR_LEVELS)
@@ -158,8 +171,7 @@ class ClassicalEngine(Engine):
             mask = corrected_mask(frame.image, current, prompt, speed=frame_motion(frame))
         bgr, _ = self._working_images(frame)
         small = resize(mask.astype(np.float32), bgr.shape[:2]) > 0.5
-        state.samples[frame.index] = self._colour_sample(bgr, small)
-        _learn_colour_models(state)
+        state.set_sample(frame.index, self._colour_sample(bgr, small))
         return ObjectResult(prompt.object_id, mask, 1.0 if mask.any() else 0.0)
 
     def prepare_frame(self, frame: VideoFrame) -> None:
@@ -168,8 +180,7 @@ class ClassicalEngine(Engine):
 
     def remove_anchor(self, state: ObjectState, frame_index: int) -> None:
         assert isinstance(state, ClassicalObject)
-        state.samples.pop(frame_index, None)
-        _learn_colour_models(state)
+        state.set_sample(frame_index, None)
 
     def start_propagation(self) -> _ClassicalPropagation:
         return _ClassicalPropagation(self)
@@ -598,7 +609,7 @@ def _learn_colour_models(state: ClassicalObject) -> None:
     which here are all sure, so one pass over the pixels laid out as one row is exactly that fit)."""
     pixels = np.concatenate([s.pixels for s in state.samples.values()] or [np.zeros((0, 3), np.uint8)])
     is_object = np.concatenate([s.is_object for s in state.samples.values()] or [np.zeros(0, bool)])
-    state._log_ratio = None
+    state._fitted, state._log_ratio = True, None
     if is_object.all() or not is_object.any():
         state.bg_model = state.fg_model = None
         return
