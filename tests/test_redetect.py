@@ -56,3 +56,23 @@ def test_an_object_filling_the_frame_has_no_reacquirer() -> None:
     frame, _ = _scene((40, 60))
     assert Reacquirer.start(frame, np.ones(frame.shape[:2], bool)) is None
     assert Reacquirer.start(frame, np.zeros(frame.shape[:2], bool)) is None
+
+
+def test_a_lost_object_is_looked_for_first_among_what_moves() -> None:
+    """Two look-alike discs: the nearer one is parked, the farther one moves. Told what moves, the reacquirer takes
+    the moving one; told nothing (a still or unknown camera), the nearer one."""
+    first, disc = _scene((40, 60))
+    reacquirer = Reacquirer.start(first, disc)
+    assert reacquirer is not None
+    later, parked = _scene((100, 30))
+    _, ridden = _scene((130, 95))
+    later[ridden] = later[parked][0]
+    stuck = disc  # the mask stayed on the green background
+    found_by_colour = reacquirer.update(later, stuck)
+    assert np.count_nonzero(found_by_colour & parked) > 0.9 * np.count_nonzero(parked)
+    reacquirer = Reacquirer.start(first, disc)
+    assert reacquirer is not None
+    moving = cv2.dilate(ridden.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    found_by_motion = reacquirer.update(later, stuck, moving=lambda: moving)
+    assert np.count_nonzero(found_by_motion & ridden) > 0.9 * np.count_nonzero(ridden)
+    assert not (found_by_motion & parked).any()

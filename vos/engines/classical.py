@@ -25,8 +25,8 @@ Every frame, at a reduced working resolution:
    would otherwise be propagated forever. Where two objects' masks overlap, the pixel stays with the object the
    refiner finds more probable, so that one object's mask does not spread over another's.
 5. **Re-detection.** When too little of the mask has the object's prompt-frame colours, the mask is lost (stuck on
-   an occluder or the background); the blob of the frame most like the object replaces it
-   (:mod:`vos.engines.redetect`).
+   an occluder or the background); the blob of the frame most like the object replaces it, looked for first among
+   the pixels that move unlike the camera (:mod:`vos.engines.redetect`).
 
 Only the previous grey frame (and the next frame's flow, computed ahead on another thread) and each object's mask
 and colour models are kept. Full-size masks are the refiner's probabilities upsampled (soft edges, not blocky ones)
@@ -37,7 +37,7 @@ SEEM engine.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -384,7 +384,7 @@ class _ClassicalPropagation(Propagation):
             else:  # objects are independent until they compete; the refiner and OpenCV release the GIL
                 list(_OBJECTS.map(lambda track: engine._propagate(track, motion, bgr), tracks))
             _compete(tracks)
-            _reacquire(self._tracks, bgr)
+            _reacquire(self._tracks, bgr, lambda: motion.unlike_camera(engine.options.flow_tolerance))
         for object_id, mask in seeds.items():
             state = objects[object_id]
             assert isinstance(state, ClassicalObject)
@@ -459,14 +459,15 @@ def _compete(tracks: Collection[_Track]) -> None:
             track.probability[contested] *= winner == k
 
 
-def _reacquire(tracks: Mapping[int, _Track], bgr: np.ndarray) -> None:
-    """Replace each lost mask by the object found again, never on pixels another object holds (see step 5)."""
+def _reacquire(tracks: Mapping[int, _Track], bgr: np.ndarray, moving: Callable[[], np.ndarray | None]) -> None:
+    """Replace each lost mask by the object found again, never on pixels another object holds (see step 5).
+    ``moving`` gives the pixels that move unlike the camera, where a lost object is looked for first."""
     for object_id, track in tracks.items():
         if track.reacquirer is None:
             continue
         others = [other.mask for other_id, other in tracks.items() if other_id != object_id]
         taken = np.logical_or.reduce(others) if others else None
-        track.mask = track.reacquirer.update(bgr, track.mask, taken)
+        track.mask = track.reacquirer.update(bgr, track.mask, taken, moving)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -538,6 +539,11 @@ class _FrameMotion:
         box = bounds(region)  # selecting within the region's box first is several times cheaper
         inside = region[box]
         return float(_distance(self.camera_motion[box][inside], self.points[box][inside]).mean())
+
+    def unlike_camera(self, tolerance: float) -> np.ndarray | None:
+        """The pixels whose flow lands farther than ``tolerance`` from where the camera's motion would take them;
+        None when the camera's motion is unknown."""
+        return None if self.camera_motion is None else self.from_camera > tolerance
 
     @functools.cached_property
     def from_camera(self) -> np.ndarray:
