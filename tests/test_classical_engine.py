@@ -176,6 +176,15 @@ def test_a_lost_object_is_looked_for_among_what_moves_unlike_the_camera(davis16_
     assert float(np.mean(region_similarity(gt[21:], masks[21:]))) > 0.5
 
 
+def test_an_object_moves_like_its_part_that_moves_unlike_the_camera(davis16_root: Path) -> None:
+    """hockey's mask takes in some of the rink, which moves with the panning camera; while that was most of the mask
+    the object's motion was fitted to it and the rink stayed. Over frames 30-44, mean J was 0.66 and is 0.87 now."""
+    n = 45
+    gt = _gt(davis16_root, "hockey", n)
+    masks = np.stack([frame[1] for frame in _run(davis16_root, "hockey", [ObjectPrompt(object_id=1, mask=gt[0])], n)])
+    assert float(np.mean(region_similarity(gt[30:], masks[30:]))) > 0.75
+
+
 def test_fortran_order_mask_prompt_is_tracked(davis16_root: Path) -> None:
     """Masks decoded from COCO RLE are column-major; the engine must take them like any other."""
     gt = _gt(davis16_root, "blackswan", 3)
