@@ -128,15 +128,27 @@ def test_box_uses_the_motion_of_the_following_frames(davis16_root: Path, sequenc
 
 
 def test_box_restarts_grabcut_that_lost_the_object(davis16_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GrabCut's k-means start decides whether the boat is found (IoU 0.62 with the RNG seeded 0, 3 or 4) or lost
-    (0.03 with 1, 2 or 5: 1% of its box kept). Seeds shifted by one make the first start a losing one; the box path
-    must notice and start again."""
+    """GrabCut's k-means start decides whether the boat is found (IoU 0.62 at 480 pixels with the RNG seeded 0, 3 or
+    4) or lost (0.03 with 1, 2 or 5: 1% of its box kept); the first start, at 400 pixels, loses it from every seed.
+    Seeds shifted by one make the finer restarts begin with a losing one too; the box path must notice each time and
+    start again (restarting at the first start's 400 pixels, it keeps 0.01)."""
     frames = _frames(davis16_root, "boat", 1 + MOTION_FRAMES)
     gt = read_label_png(davis16_root / "Annotations" / "480p" / "boat" / "00000.png") > 0
     seed_rng = cv2.setRNGSeed
     monkeypatch.setattr(cv2, "setRNGSeed", lambda seed: seed_rng(seed + 1))
     mask = initial_mask(frames[0], ObjectPrompt(object_id=1, box=_gt_box(gt)), following=frames[1:])
     assert _iou(mask, gt) > 0.5
+
+
+# GrabCut's fast first start alone (400 pixels, one iteration) gives 0.58 and 0.77 IoU here (RNG seeds 0-5:
+# 0.58-0.59, 0.73-0.77): the horse's legs and the duck's outline are cut coarsely; the refiner drawing the mask from
+# it gives 0.66 and 0.84 (0.66, 0.82-0.84).
+@pytest.mark.parametrize(("sequence", "least_iou"), [("horsejump-low", 0.62), ("mallard-water", 0.8)])
+def test_box_mask_is_drawn_by_the_refiner(davis16_root: Path, sequence: str, least_iou: float) -> None:
+    frames = _frames(davis16_root, sequence, 1 + MOTION_FRAMES)
+    gt = read_label_png(davis16_root / "Annotations" / "480p" / sequence / "00000.png") > 0
+    mask = initial_mask(frames[0], ObjectPrompt(object_id=1, box=_gt_box(gt)), following=frames[1:])
+    assert _iou(mask, gt) > least_iou
 
 
 def test_box_covering_the_whole_frame_gives_a_mask(davis16_root: Path) -> None:

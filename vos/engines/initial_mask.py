@@ -23,6 +23,24 @@ crop, saves 15% of its iterations' time and gives 0.743 (seeds 0-3, against 0.75
 before the one at 480 gives 0.706 (seeds 0-5); a k-means start on a quarter of the crop's pixels 0.755 (seeds 0-3) for
 18% less GrabCut time.
 
+Boxes must answer at once too (issue 11), and 480/2 took 218-257 ms in a session. Most of GrabCut's time is its first
+graph cut, whose colour models, learnt on the trimap, tell little apart (blackswan: k-means start 35 ms, first
+iteration 93 ms, second 34 ms). So a box's first start runs at ``BOX_SIDE`` (400) pixels and one iteration, from a
+k-means start on every second pixel of each side, and the engine's learned refiner (:mod:`vos.engines.refiner`) then
+draws the mask, with GrabCut's as its prior and the log-ratio of Lab colour histograms of that mask and of the rest of
+the crop as its colour cue. DAVIS 2016 train box IoU over seed sequences 0-5: 0.763-0.777, mean 0.770 (480/2: 0.768;
+over seeds 0-11 0.767 against 0.766; ``vos eval davis``, seed 0: 0.763 against 0.769, val check 0.715 against 0.689).
+A session's box prompt (bench/bench_session.py, blackswan) takes 140-144 ms against 238-255 ms for 480/2, same
+machine at load 3.3 on 2 cores. The same fast start without the refiner gives 0.755 (the refiner adds most on thin or
+ragged outlines: horsejump-low 0.58 -> 0.66); with the refiner, at 380 pixels 0.770 and at 360 0.765, k-means on
+every fourth pixel 0.767, OpenCV's own k-means start on every second pixel 0.758, and as colour cue 16-level histograms
+0.766 or GrabCut's colour models 0.766 (refitted to its cut 0.771). Boat is lost at 400 pixels from every seed, so
+restarts run at ``GRABCUT_SIDE`` (480), where it is found (0.61 against 0.03). Tried and dropped: the first graph cut
+replaced by each pixel's likelier colour model, median-filtered (0.757 at 480 pixels, no faster than 480/1 whose
+second cut then has harder work); the first iteration at 240 or 320 pixels before one at 480 (0.716, 0.720: at low
+resolution the cut's smoothness weighs more and thin parts go); GrabCut rebuilt on PyMaxflow (its max-flow alone took
+73 ms per iteration on the 480-pixel crops, more than OpenCV's whole iteration).
+
 Given the frames that follow, the video's motion outlines the object (:mod:`vos.engines.moving_region`): clicks
 extend to the region moving like the clicked pixels, and a box's moving part starts as object and the rest of the box
 as background. On the 30 DAVIS 2016 train sequences this raises the first-frame IoU of a click at the object's
@@ -37,6 +55,7 @@ import cv2
 import numpy as np
 
 from vos.engines.moving_region import MOTION_FRAMES, moving_part, moving_region, relative_motion
+from vos.engines.refiner import crop_around, cues, object_probability
 from vos.errors import PromptError
 from vos.prompts import ObjectPrompt
 
@@ -68,6 +87,21 @@ GRABCUT_SIDE, GRABCUT_ITERATIONS = 480, 2
 # 25% with 0, 3 or 4), so it starts again from the next seed, up to BOX_STARTS starts in all.
 MIN_BOX_SHARE = 0.05
 BOX_STARTS = 4
+# A box's first start runs at BOX_SIDE pixels and one iteration, from a k-means start on every KMEANS_STRIDE-th pixel
+# of each side, and the learned refiner draws its mask (see the docstring); a start that lost the object is retried
+# at GRABCUT_SIDE (at BOX_SIDE boat is lost from every seed).
+BOX_SIDE, BOX_ITERATIONS = 400, 1
+KMEANS_STRIDE = 2
+# The refiner's unit of distance in pixels of GrabCut's crop: the classical engine's (2% of its 480-pixel working
+# width; at the crop's own resolution or at the working resolution the box IoU is the same, 0.771 against 0.772).
+REFINER_REACH = 0.02 * 480
+# Pixels the refiner finds at least this likely the object's are kept (the classical engine's threshold; 0.5 gave
+# 0.769 against 0.771).
+REFINED_PROBABILITY = 0.4
+# Lab levels per channel of the object and background colour histograms whose log-ratio is the refiner's colour cue
+# (box IoU 0.772 at 32, 0.766 at 16; GrabCut's own models refitted to its cut: 0.771).
+REFINER_COLOUR_BINS = 32
+GMM_COMPONENTS = 5  # per colour model, as in OpenCV's GrabCut
 
 
 def initial_mask(
@@ -100,13 +134,25 @@ def initial_mask(
         if speed is not None:
             _split_box_by_motion(speed, trimap)
     fg_seed = trimap == cv2.GC_FGD
-    iterations, side = (CLICK_ITERATIONS, CLICK_SIDE) if _clicks_only(prompt) else (GRABCUT_ITERATIONS, GRABCUT_SIDE)
-    for seed in range(BOX_STARTS if prompt.box is not None else 1):
-        mask = _grabcut_in_crop(frame, trimap, iterations, side, seed)
-        if prompt.box is None or not _lost_in_box(mask, _box_pixels(prompt, height, width)):
-            break
+    if prompt.box is not None:
+        mask = _segment_box(frame, trimap, _box_pixels(prompt, height, width))
+    elif _clicks_only(prompt):
+        mask = _grabcut_in_crop(frame, trimap, CLICK_ITERATIONS, CLICK_SIDE)
+    else:
+        mask = _grabcut_in_crop(frame, trimap, GRABCUT_ITERATIONS, GRABCUT_SIDE)
     mask |= fg_seed
     return _keep_seeded_components(mask, fg_seed)
+
+
+def _segment_box(frame: np.ndarray, trimap: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A box's mask: GrabCut's fast start drawn by the refiner, started again (finer, from the next seed) while it
+    loses the object."""
+    for seed in range(BOX_STARTS):
+        side = BOX_SIDE if seed == 0 else GRABCUT_SIDE
+        mask = _grabcut_in_crop(frame, trimap, BOX_ITERATIONS, side, seed, refine=True)
+        if not _lost_in_box(mask, box):
+            break
+    return mask
 
 
 def _trimap(prompt: ObjectPrompt, height: int, width: int) -> np.ndarray:
@@ -195,16 +241,26 @@ def _demote_surrounding_colours(frame: np.ndarray, trimap: np.ndarray) -> None:
     inside_count = np.count_nonzero(inside)
     if inside_count == inside.size:  # the box covers the frame: no ring to compare with
         return
-    lab = cv2.cvtColor(np.ascontiguousarray(frame[window]), cv2.COLOR_RGB2LAB).astype(np.uint16) * BOX_COLOUR_BINS >> 8
-    colour = (lab[..., 0] * BOX_COLOUR_BINS + lab[..., 1]) * BOX_COLOUR_BINS + lab[..., 2]
-    bins = BOX_COLOUR_BINS**3
-    inside_counts = np.bincount(colour[inside], minlength=bins)
-    ring_counts = np.bincount(colour.ravel(), minlength=bins) - inside_counts  # the ring: the rectangle less the box
-    inside_hist = (inside_counts + 0.5) / inside_count
-    ring_hist = (ring_counts + 0.5) / (inside.size - inside_count)
-    demoted = inside & (inside_hist < ring_hist)[colour]
+    colour = _lab_codes(frame[window], BOX_COLOUR_BINS)
+    demoted = inside & (_colour_log_ratio(colour, inside, BOX_COLOUR_BINS) < 0)[colour]
     if np.count_nonzero(demoted) < inside_count:  # GrabCut needs some object samples to start from
         trimap[window][demoted] = cv2.GC_PR_BGD
+
+
+def _lab_codes(image: np.ndarray, bins: int) -> np.ndarray:
+    """Each RGB pixel's Lab colour quantised to ``bins`` levels per channel, as one code below ``bins**3``."""
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB).astype(np.uint16) * bins >> 8
+    return (lab[..., 0] * bins + lab[..., 1]) * bins + lab[..., 2]
+
+
+def _colour_log_ratio(codes: np.ndarray, inside: np.ndarray, bins: int) -> np.ndarray:
+    """Per colour code, the log-ratio of its frequency among the ``inside`` pixels and among the others (both
+    present), with half a count added to every bin."""
+    inside_counts = np.bincount(codes[inside], minlength=bins**3)
+    outside_counts = np.bincount(codes.ravel(), minlength=bins**3) - inside_counts
+    inside_count = np.count_nonzero(inside)
+    return (np.log((inside_counts + 0.5) / inside_count)
+            - np.log((outside_counts + 0.5) / (inside.size - inside_count)))
 
 
 def _box_pixels(prompt: ObjectPrompt, height: int, width: int) -> tuple[int, int, int, int]:
@@ -248,9 +304,10 @@ def _lost_in_box(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
 
 
 def _grabcut_in_crop(frame: np.ndarray, trimap: np.ndarray, iterations: int, max_side: int,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, refine: bool = False) -> np.ndarray:
     """Run GrabCut on the probable region plus background context, downscaled; return the full-frame mask.
-    ``seed`` seeds GrabCut's k-means start."""
+    ``seed`` seeds GrabCut's k-means start. With ``refine`` (boxes) the k-means start is fitted on a sample of the
+    pixels and the learned refiner draws the mask from GrabCut's (see the module docstring)."""
     height, width = trimap.shape
     x0, y0, region_width, region_height = cv2.boundingRect((trimap != cv2.GC_BGD).astype(np.uint8))
     x1, y1 = x0 + region_width, y0 + region_height
@@ -262,13 +319,32 @@ def _grabcut_in_crop(frame: np.ndarray, trimap: np.ndarray, iterations: int, max
         size = (max(1, round(crop_image.shape[1] * scale)), max(1, round(crop_image.shape[0] * scale)))
         crop_image = cv2.resize(crop_image, size, interpolation=cv2.INTER_AREA)
         crop_trimap = _downscale_trimap(crop_trimap, size)
-    labels = _grabcut(crop_image, crop_trimap, iterations, seed)
-    probability = labels.astype(np.float32)
+    labels = _grabcut(crop_image, crop_trimap, iterations, seed, KMEANS_STRIDE if refine else 1)
+    probability, threshold = labels.astype(np.float32), 0.5
+    if refine and labels.any():
+        probability, threshold = _refined(crop_image, labels), REFINED_PROBABILITY
     if scale < 1.0:
         probability = cv2.resize(probability, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_LINEAR)
     mask = np.zeros((height, width), bool)
-    mask[cy0:cy1, cx0:cx1] = probability > 0.5
+    mask[cy0:cy1, cx0:cx1] = probability > threshold
     return mask
+
+
+def _refined(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The learned refiner's probability (float32) that each pixel of ``image`` (RGB) is the object's, with
+    ``mask`` (GrabCut's, non-empty) as its prior and the log-ratio of the colour histograms of the mask and of the
+    rest of the image as its colour cue (no motion cue); zero beyond its reach and on blobs away from ``mask``."""
+    crop = crop_around(mask, REFINER_REACH)
+    codes = _lab_codes(image, REFINER_COLOUR_BINS)
+    colour = np.zeros(codes[crop].shape, np.float32)  # no colour evidence when the mask fills the image
+    if not mask.all():
+        colour[:] = _colour_log_ratio(codes, mask, REFINER_COLOUR_BINS)[codes[crop]]
+    gray = cv2.cvtColor(np.ascontiguousarray(image[crop]), cv2.COLOR_RGB2GRAY)
+    decided = object_probability(cues(gray, mask[crop], colour, None, REFINER_REACH))
+    kept = _keep_seeded_components(decided > REFINED_PROBABILITY, mask[crop])  # the blobs overlapping GrabCut's
+    probability = np.zeros(mask.shape, np.float32)
+    probability[crop] = decided * kept
+    return probability
 
 
 def _downscale_trimap(trimap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -282,18 +358,47 @@ def _downscale_trimap(trimap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return small
 
 
-def _grabcut(image: np.ndarray, trimap: np.ndarray, iterations: int, seed: int = 0) -> np.ndarray:
-    """GrabCut's foreground (bool) on an RGB image with the given trimap, its k-means started from ``seed``."""
+def _grabcut(image: np.ndarray, trimap: np.ndarray, iterations: int, seed: int = 0,
+             kmeans_stride: int = 1) -> np.ndarray:
+    """GrabCut's foreground (bool) on an RGB image with the given trimap, its k-means started from ``seed`` on every
+    ``kmeans_stride``-th pixel of each side (OpenCV's own start, on all of them, for 1)."""
     labels = trimap.copy()
-    has_bg = np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
-    has_fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
-    if not (has_bg and has_fg):  # GrabCut needs samples of both to fit its colour models
-        return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
-    bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    is_object = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    sample_size = GMM_COMPONENTS * kmeans_stride
+    if min(np.count_nonzero(is_object), np.count_nonzero(~is_object)) < sample_size:
+        # GrabCut needs samples of both to fit its colour models; a side this small is not worth a graph cut.
+        return is_object
     bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
     cv2.setRNGSeed(seed)  # GrabCut seeds its k-means from the global RNG; reseed so results are reproducible
-    cv2.grabCut(bgr, labels, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
+    if kmeans_stride == 1:
+        bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(bgr, labels, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
+    else:
+        fgd_model = _kmeans_colour_model(bgr[is_object][::kmeans_stride])
+        bgd_model = _kmeans_colour_model(bgr[~is_object][::kmeans_stride])
+        cv2.grabCut(bgr, labels, None, bgd_model, fgd_model, iterations, cv2.GC_EVAL)
     return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+
+
+def _kmeans_colour_model(pixels: np.ndarray) -> np.ndarray:
+    """A GrabCut colour model (OpenCV's layout: weights, means, covariances) fitted as GrabCut starts its own: one
+    Gaussian per k-means cluster of ``pixels`` (BGR uint8 [n, 3], n >= GMM_COMPONENTS)."""
+    samples = pixels.astype(np.float32)
+    criteria = (cv2.TERM_CRITERIA_MAX_ITER, 10, 0.0)  # GrabCut's own k-means settings
+    _, clusters, _ = cv2.kmeans(samples, GMM_COMPONENTS, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+    clusters = clusters.ravel()
+    weights, means, covariances = np.zeros(GMM_COMPONENTS), np.zeros((GMM_COMPONENTS, 3)), np.zeros((GMM_COMPONENTS, 9))
+    for component in range(GMM_COMPONENTS):
+        members = samples[clusters == component].astype(np.float64)
+        if len(members) == 0:
+            continue
+        mean = members.mean(axis=0)
+        covariance = members.T @ members / len(members) - np.outer(mean, mean)
+        if np.linalg.det(covariance) <= np.finfo(np.float64).eps:  # as GrabCut: a flat cluster gets some variance
+            covariance += 0.01 * np.eye(3)
+        weights[component], means[component] = len(members) / len(samples), mean
+        covariances[component] = covariance.ravel()
+    return np.concatenate([weights, means.ravel(), covariances.ravel()])[None]
 
 
 def _keep_seeded_components(mask: np.ndarray, fg_seed: np.ndarray) -> np.ndarray:
