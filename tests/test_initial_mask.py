@@ -140,10 +140,10 @@ def test_box_restarts_grabcut_that_lost_the_object(davis16_root: Path, monkeypat
     assert _iou(mask, gt) > 0.5
 
 
-# GrabCut's fast first start alone (400 pixels, one iteration) gives 0.58 and 0.77 IoU here (RNG seeds 0-5:
+# GrabCut's fast first start alone (400 pixels, one iteration) gives 0.58 and 0.73 IoU here (RNG seeds 0-5:
 # 0.58-0.59, 0.73-0.77): the horse's legs and the duck's outline are cut coarsely; the refiner drawing the mask from
-# it gives 0.66 and 0.84 (0.66, 0.82-0.84).
-@pytest.mark.parametrize(("sequence", "least_iou"), [("horsejump-low", 0.62), ("mallard-water", 0.8)])
+# it gives 0.66 and 0.82 (0.66, 0.82-0.84).
+@pytest.mark.parametrize(("sequence", "least_iou"), [("horsejump-low", 0.62), ("mallard-water", 0.79)])
 def test_box_mask_is_drawn_by_the_refiner(davis16_root: Path, sequence: str, least_iou: float) -> None:
     frames = _frames(davis16_root, sequence, 1 + MOTION_FRAMES)
     gt = read_label_png(davis16_root / "Annotations" / "480p" / sequence / "00000.png") > 0

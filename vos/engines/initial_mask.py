@@ -26,20 +26,21 @@ before the one at 480 gives 0.706 (seeds 0-5); a k-means start on a quarter of t
 Boxes must answer at once too (issue 11), and 480/2 took 218-257 ms in a session. Most of GrabCut's time is its first
 graph cut, whose colour models, learnt on the trimap, tell little apart (blackswan: k-means start 35 ms, first
 iteration 93 ms, second 34 ms). So a box's first start runs at ``BOX_SIDE`` (400) pixels and one iteration, from a
-k-means start on every second pixel of each side, and the engine's learned refiner (:mod:`vos.engines.refiner`) then
+k-means start on every third pixel of each side, and the engine's learned refiner (:mod:`vos.engines.refiner`) then
 draws the mask, with GrabCut's as its prior and the log-ratio of Lab colour histograms of that mask and of the rest of
-the crop as its colour cue. DAVIS 2016 train box IoU over seed sequences 0-5: 0.763-0.777, mean 0.770 (480/2: 0.768;
-over seeds 0-11 0.767 against 0.766; ``vos eval davis``, seed 0: 0.763 against 0.769, val check 0.715 against 0.689).
-A session's box prompt (bench/bench_session.py, blackswan) takes 140-144 ms against 238-255 ms for 480/2, same
-machine at load 3.3 on 2 cores. The same fast start without the refiner gives 0.755 (the refiner adds most on thin or
-ragged outlines: horsejump-low 0.58 -> 0.66); with the refiner, at 380 pixels 0.770 and at 360 0.765, k-means on
-every fourth pixel 0.767, OpenCV's own k-means start on every second pixel 0.758, and as colour cue 16-level histograms
-0.766 or GrabCut's colour models 0.766 (refitted to its cut 0.771). Boat is lost at 400 pixels from every seed, so
-restarts run at ``GRABCUT_SIDE`` (480), where it is found (0.61 against 0.03). Tried and dropped: the first graph cut
-replaced by each pixel's likelier colour model, median-filtered (0.757 at 480 pixels, no faster than 480/1 whose
-second cut then has harder work); the first iteration at 240 or 320 pixels before one at 480 (0.716, 0.720: at low
-resolution the cut's smoothness weighs more and thin parts go); GrabCut rebuilt on PyMaxflow (its max-flow alone took
-73 ms per iteration on the 480-pixel crops, more than OpenCV's whole iteration).
+the crop as its colour cue. DAVIS 2016 train box IoU over seed sequences 0-11: 0.753-0.776, mean 0.768 (480/2: 0.766;
+over seeds 0-5 0.771 against 0.768); ``vos eval davis`` (seed 0): train 0.768 against 0.769, val check 0.717 against
+0.689. A session's box prompt (bench/bench_session.py, blackswan) takes 135-150 ms (140 the median of five runs)
+against 240-252 ms for 480/2, runs interleaved on the same machine at load 3.4-3.9 on its 2 cores.
+With the refiner, over seeds 0-11: k-means on every second pixel 0.767, on every fourth 0.764, at 380 pixels 0.764.
+Over seeds 0-5 (every second pixel): without the refiner 0.755 (it adds most on thin or ragged outlines:
+horsejump-low 0.58 -> 0.66), at 360 pixels 0.765, OpenCV's own k-means start on every second pixel 0.758, and as
+colour cue 16-level histograms 0.766 or GrabCut's colour models 0.766 (refitted to its cut 0.771). Boat is lost at 400
+pixels from every seed, so restarts run at ``GRABCUT_SIDE`` (480), where it is found (0.61 against 0.03). Tried and
+dropped: the first graph cut replaced by each pixel's likelier colour model, median-filtered (0.757 at 480 pixels, no
+faster than 480/1 whose second cut then has harder work); the first iteration at 240 or 320 pixels before one at 480
+(0.716, 0.720: at low resolution the cut's smoothness weighs more and thin parts go); GrabCut rebuilt on PyMaxflow
+(its max-flow alone took 73 ms per iteration on the 480-pixel crops, more than OpenCV's whole iteration).
 
 Given the frames that follow, the video's motion outlines the object (:mod:`vos.engines.moving_region`): clicks
 extend to the region moving like the clicked pixels, and a box's moving part starts as object and the rest of the box
@@ -89,9 +90,10 @@ MIN_BOX_SHARE = 0.05
 BOX_STARTS = 4
 # A box's first start runs at BOX_SIDE pixels and one iteration, from a k-means start on every KMEANS_STRIDE-th pixel
 # of each side, and the learned refiner draws its mask (see the docstring); a start that lost the object is retried
-# at GRABCUT_SIDE (at BOX_SIDE boat is lost from every seed).
+# at GRABCUT_SIDE (at BOX_SIDE boat is lost from every seed). The box IoUs in the comments below are DAVIS 2016 train
+# means over seeds 0-5 with k-means on every second pixel.
 BOX_SIDE, BOX_ITERATIONS = 400, 1
-KMEANS_STRIDE = 2
+KMEANS_STRIDE = 3
 # The refiner's unit of distance in pixels of GrabCut's crop: the classical engine's (2% of its 480-pixel working
 # width; at the crop's own resolution or at the working resolution the box IoU is the same, 0.771 against 0.772).
 REFINER_REACH = 0.02 * 480
