@@ -384,9 +384,8 @@ def _pasted(probability: np.ndarray, window: tuple[slice, slice], shape: tuple[i
 
 def _refined(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The learned refiner's probability (float32) that each pixel of ``image`` (RGB) is the object's, with
-    ``mask`` (non-empty: GrabCut's cut, or a click's previous pass) as its prior and the log-ratio of the colour
-    histograms of the mask and of the rest of the image as its colour cue (no motion cue); zero beyond its reach and
-    on blobs away from ``mask``."""
+    ``mask`` (GrabCut's, non-empty) as its prior and the log-ratio of the colour histograms of the mask and of the
+    rest of the image as its colour cue (no motion cue); zero beyond its reach and on blobs away from ``mask``."""
     crop = crop_around(mask, REFINER_REACH)
     codes = _lab_codes(image, REFINER_COLOUR_BINS)
     colour = np.zeros(codes[crop].shape, np.float32)  # no colour evidence when the mask fills the image
@@ -394,7 +393,7 @@ def _refined(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         colour[:] = _colour_log_ratio(codes, mask, REFINER_COLOUR_BINS)[codes[crop]]
     gray = cv2.cvtColor(np.ascontiguousarray(image[crop]), cv2.COLOR_RGB2GRAY)
     decided = object_probability(cues(gray, mask[crop], colour, None, REFINER_REACH))
-    kept = _keep_seeded_components(decided > REFINED_PROBABILITY, mask[crop])  # the blobs overlapping the prior
+    kept = _keep_seeded_components(decided > REFINED_PROBABILITY, mask[crop])  # the blobs overlapping GrabCut's
     probability = np.zeros(mask.shape, np.float32)
     probability[crop] = decided * kept
     return probability
