@@ -10,7 +10,7 @@ iterations. Boxes and strokes run at 480 pixels and 2 iterations: on DAVIS 2016 
 prompt in a session), so they run at 360 pixels and 1 iteration: DAVIS 2016 train click IoU 0.673 against 0.674 at
 480/2, with GrabCut's median CPU time 78 ms against 208 ms (320/1: 0.650; 240/2: 0.618; GrabCut at 240 with a
 frozen-model graph cut redrawing the boundary at 480: 0.621, so the loss at low resolution is in the regions it
-chooses, not at their boundary). Box at 360/1 would lose 0.03 (0.737). Clicks no longer run GrabCut (below).
+chooses, not at their boundary). Box at 360/1 would lose 0.03 (0.737).
 
 A box's IoU hangs on GrabCut's k-means start: on DAVIS 2016 train, with the RNG seeded 0 to 5, it is 0.769, 0.745,
 0.751, 0.769, 0.769, 0.747 (boat comes out as the boat or as almost nothing), so box settings are compared on their
@@ -41,22 +41,6 @@ dropped: the first graph cut replaced by each pixel's likelier colour model, med
 faster than 480/1 whose second cut then has harder work); the first iteration at 240 or 320 pixels before one at 480
 (0.716, 0.720: at low resolution the cut's smoothness weighs more and thin parts go); GrabCut rebuilt on PyMaxflow
 (its max-flow alone took 73 ms per iteration on the 480-pixel crops, more than OpenCV's whole iteration).
-
-Clicks without GrabCut: at 360/1 GrabCut took ~100 of a session click's 134-153 ms (blackswan: its graph cut alone
-~75 ms), and cheaper GrabCut starts lost IoU (DAVIS 2016 train, mean over RNG seeds 0-5, refined as a box: 360 px
-0.707, 340 0.688, 320 0.693, 300 0.685; less context 0.67). The learned refiner instead redraws the trimap's probable
-object (the click's motion outline, or the square around it) ``CLICK_PASSES`` (6) times on the context crop at
-``CLICK_SIDE`` (300) pixels, each pass with the colour histograms of its last mask, keeping what it finds more likely
-than ``CLICK_PROBABILITY`` (0.5); no k-means, so no RNG. DAVIS 2016 train click IoU 0.717 against 0.699 with GrabCut
-(RNG seed 0; seeds 0-5: 0.682-0.699, mean 0.691); passes/threshold 5/0.5 0.714, 6/0.4 0.709, 7/0.4 0.711, 4/0.5
-0.706; at 240 pixels 5/0.4 0.700, at 360 5/0.4 0.701. It gains where GrabCut lost the object (dog-agility 0.00 ->
-0.38, breakdance-flare 0.18 -> 0.69, train 0.61 -> 0.85) and loses on outlines GrabCut followed (kite-walk 0.80 ->
-0.41, drift-turn 0.84 -> 0.60, soccerball 0.90 -> 0.76); without any motion (no following frames) 0.483 against
-0.383. GrabCut's cut as the refiner's start instead: 0.689-0.699 at 300 px (k-means on every third pixel, 2-4 passes),
-no faster. A session's click on a prepared frame (bench/bench_session.py, blackswan) takes 91-103 ms against
-141-148 ms with GrabCut, runs interleaved on the same machine at load 2.1-3.8 on its 2 cores. ``vos eval davis
---prompt click``, val check: click IoU 0.561 -> 0.587, click-to-track J&F 0.527 -> 0.524 (bmx-trees 0.36 ->
-0.09, cows +0.10).
 
 Given the frames that follow, the video's motion outlines the object (:mod:`vos.engines.moving_region`): clicks
 extend to the region moving like the clicked pixels, and a box's moving part starts as object and the rest of the box
@@ -95,13 +79,10 @@ BOX_COLOUR_BINS = 16
 MAX_MOTION_SHARE = 0.6
 # ... and its bounding box grown by this share of its size on each side holds the background GrabCut learns from.
 MOTION_BOX_MARGIN = 0.1
-# GrabCut's cost grows with the pixels of its crop and its iterations (its graph cut dominates). Strokes keep this
-# finer, slower setting (see the docstring).
+# GrabCut's cost grows with the pixels of its crop and its iterations (its graph cut dominates). Clicks must answer
+# at once (issue 11: <= 150 ms per prompt); boxes and strokes keep the finer, slower setting (see the docstring).
+CLICK_SIDE, CLICK_ITERATIONS = 360, 1
 GRABCUT_SIDE, GRABCUT_ITERATIONS = 480, 2
-# Clicks must answer at once (issue 11: <= 150 ms per prompt): the refiner alone draws their mask, CLICK_PASSES
-# times on the context crop at CLICK_SIDE pixels, keeping what it finds more likely than CLICK_PROBABILITY the
-# object's (DAVIS 2016 train click IoU in the module docstring).
-CLICK_SIDE, CLICK_PASSES, CLICK_PROBABILITY = 300, 6, 0.5
 # A tight box is mostly object (on DAVIS 2016 train at least 16% of it: kite-walk). GrabCut keeping less than this
 # share of a box lost the object in a bad k-means start (boat keeps 1% of its box with the RNG seeded 1, 2 or 5, and
 # 25% with 0, 3 or 4), so it starts again from the next seed, up to BOX_STARTS starts in all.
@@ -158,7 +139,7 @@ def initial_mask(
     if prompt.box is not None:
         mask = _segment_box(frame, trimap, _box_pixels(prompt, height, width))
     elif _clicks_only(prompt):
-        mask = _drawn_by_refiner(frame, trimap)
+        mask = _grabcut_in_crop(frame, trimap, CLICK_ITERATIONS, CLICK_SIDE)
     else:
         mask = _grabcut_in_crop(frame, trimap, GRABCUT_ITERATIONS, GRABCUT_SIDE)
     mask |= fg_seed
@@ -329,56 +310,25 @@ def _grabcut_in_crop(frame: np.ndarray, trimap: np.ndarray, iterations: int, max
     """Run GrabCut on the probable region plus background context, downscaled; return the full-frame mask.
     ``seed`` seeds GrabCut's k-means start. With ``refine`` (boxes) the k-means start is fitted on a sample of the
     pixels and the learned refiner draws the mask from GrabCut's (see the module docstring)."""
-    window, crop_image, crop_trimap = _context_crop(frame, trimap, max_side)
-    labels = _grabcut(crop_image, crop_trimap, iterations, seed, KMEANS_STRIDE if refine else 1)
-    probability, threshold = labels.astype(np.float32), 0.5
-    if refine and labels.any():
-        probability, threshold = _refined(crop_image, labels), REFINED_PROBABILITY
-    return _pasted(probability, window, trimap.shape, threshold)
-
-
-def _drawn_by_refiner(frame: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """Clicks' mask without GrabCut: the learned refiner redraws the trimap's probable object ``CLICK_PASSES`` times
-    on the context crop at ``CLICK_SIDE`` pixels (see the module docstring); sure background stays background."""
-    window, crop_image, crop_trimap = _context_crop(frame, trimap, CLICK_SIDE)
-    mask = np.isin(crop_trimap, (cv2.GC_FGD, cv2.GC_PR_FGD))
-    probability = mask.astype(np.float32)
-    for _ in range(CLICK_PASSES):
-        if not mask.any():
-            break
-        probability = _refined(crop_image, mask)
-        mask = probability > CLICK_PROBABILITY
-    return _pasted(probability, window, trimap.shape, CLICK_PROBABILITY) & (trimap != cv2.GC_BGD)
-
-
-def _context_crop(frame: np.ndarray, trimap: np.ndarray,
-                  max_side: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
-    """The probable region plus background context (``CONTEXT_MARGIN``): its window in the frame, and its image and
-    trimap downscaled to at most ``max_side`` pixels."""
     height, width = trimap.shape
     x0, y0, region_width, region_height = cv2.boundingRect((trimap != cv2.GC_BGD).astype(np.uint8))
     x1, y1 = x0 + region_width, y0 + region_height
     mx, my = int(CONTEXT_MARGIN * region_width) + 8, int(CONTEXT_MARGIN * region_height) + 8
-    window = np.s_[max(0, y0 - my):min(height, y1 + my), max(0, x0 - mx):min(width, x1 + mx)]
-    crop_image, crop_trimap = frame[window], trimap[window]
+    cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
+    crop_image, crop_trimap = frame[cy0:cy1, cx0:cx1], trimap[cy0:cy1, cx0:cx1]
     scale = min(1.0, max_side / max(crop_image.shape[:2]))
     if scale < 1.0:
         size = (max(1, round(crop_image.shape[1] * scale)), max(1, round(crop_image.shape[0] * scale)))
         crop_image = cv2.resize(crop_image, size, interpolation=cv2.INTER_AREA)
         crop_trimap = _downscale_trimap(crop_trimap, size)
-    return window, crop_image, crop_trimap
-
-
-def _pasted(probability: np.ndarray, window: tuple[slice, slice], shape: tuple[int, int],
-            threshold: float) -> np.ndarray:
-    """A full-frame mask (bool, ``shape``): ``probability`` on the crop, brought back to the size of ``window``,
-    above ``threshold``."""
-    mask = np.zeros(shape, bool)
-    crop_height, crop_width = mask[window].shape
-    if probability.shape != (crop_height, crop_width):
-        probability = cv2.resize(probability.astype(np.float32), (crop_width, crop_height),
-                                 interpolation=cv2.INTER_LINEAR)
-    mask[window] = probability > threshold
+    labels = _grabcut(crop_image, crop_trimap, iterations, seed, KMEANS_STRIDE if refine else 1)
+    probability, threshold = labels.astype(np.float32), 0.5
+    if refine and labels.any():
+        probability, threshold = _refined(crop_image, labels), REFINED_PROBABILITY
+    if scale < 1.0:
+        probability = cv2.resize(probability, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_LINEAR)
+    mask = np.zeros((height, width), bool)
+    mask[cy0:cy1, cx0:cx1] = probability > threshold
     return mask
 
 
