@@ -251,7 +251,9 @@ class ClassicalEngine(Engine):
         previous, flow = track.mask, motion.flow
         local = _warp(previous.astype(np.float32), motion.target)
         interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-        unlike_camera = motion.unlike_camera(self.options.flow_tolerance)
+        tolerance = self.options.flow_tolerance
+        unlike_camera = None if motion.camera_motion is None else (
+            lambda rows, columns: motion.unlike_camera(tolerance, (rows, columns)))
         affine = _fit_affine(interior if interior.any() else previous, flow, unlike_camera)
         if affine is None:
             return local > 0.5, None
@@ -511,11 +513,11 @@ def _sample_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
-def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray, unlike_camera: np.ndarray | None = None
-                ) -> np.ndarray | None:
+def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray,
+                unlike_camera: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
     """Affine map (2x3, current -> previous coordinates) fitted with RANSAC to the flow landing in ``mask``; to the
-    part of it that moves unlike the camera (``unlike_camera``, bool on the current frame) when that part is at least
-    ``_UNLIKE_CAMERA_SHARE`` of it.
+    part of it that moves unlike the camera (``unlike_camera(rows, columns)``: whether those pixels of the current
+    frame do) when that part is at least ``_UNLIKE_CAMERA_SHARE`` of it.
 
     RANSAC follows the majority, and a mask that took in some background (a trunk the ball rolled past) can be mostly
     background moving with the camera: its object motion was then the camera's, and motion segmentation, which drops
@@ -530,7 +532,7 @@ def _fit_affine(mask: np.ndarray, backward_flow: np.ndarray, unlike_camera: np.n
     if landed.sum() < 12:
         return None
     if unlike_camera is not None:
-        unlike = landed & unlike_camera[ys, xs]
+        unlike = landed & unlike_camera(ys, xs)
         if unlike.sum() >= max(12, _UNLIKE_CAMERA_SHARE * landed.sum()):
             landed = unlike
     current = np.stack([xs[landed], ys[landed]], axis=1).astype(np.float32)
@@ -560,10 +562,16 @@ class _FrameMotion:
         inside = region[box]
         return float(_distance(self.camera_motion[box][inside], self.points[box][inside]).mean())
 
-    def unlike_camera(self, tolerance: float) -> np.ndarray | None:
-        """The pixels whose flow lands farther than ``tolerance`` from where the camera's motion would take them;
-        None when the camera's motion is unknown."""
-        return None if self.camera_motion is None else self.from_camera > tolerance
+    def unlike_camera(self, tolerance: float, at: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+        """Whether the pixels (all, or those at ``at``: rows and columns) have flow landing farther than ``tolerance``
+        from where the camera's motion would take them; None when the camera's motion is unknown. Asking only for
+        the pixels needed (an object's motion fit samples a few thousand) spares two full-frame arrays per object and
+        frame, on frames whose camera is still as well."""
+        if self.camera_motion is None:
+            return None
+        if at is None:
+            return self.from_camera > tolerance
+        return _distance(self.camera_motion[at], self.target[at]) > tolerance
 
     @functools.cached_property
     def from_camera(self) -> np.ndarray:
