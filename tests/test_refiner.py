@@ -46,6 +46,25 @@ def test_shipped_weights_are_small_and_load() -> None:
     assert sum(p.numel() for p in shipped_net().parameters()) < 20_000
 
 
+
+def test_padding_a_crop_for_kernel_reuse_leaves_its_probabilities_unchanged(davis16_root: Path) -> None:
+    """object_probability pads crops to sizes that repeat; the padding must act as each convolution's own zero
+    padding, so the crop's probabilities are the net's on the crop alone (bear's frame 0 and truth, odd sizes)."""
+    dataset = Davis2016(davis16_root, split="train", sequences=["bear"])
+    sequence = dataset.sequence("bear")
+    gray = np.ascontiguousarray(sequence.image(0)[..., 1])
+    truth = sequence.annotation(0) > 0
+    rows, columns = np.nonzero(truth)
+    for height, width in ((101, 157), (77, 233)):
+        top, left = rows.min(), columns.min()
+        crop = np.s_[top:top + height, left:left + width]
+        inputs = cues(gray[crop], truth[crop], np.zeros((height, width)), None, reach=9.6)
+        with torch.inference_mode():
+            alone = torch.sigmoid(shipped_net()(torch.from_numpy(inputs)[None]))[0, 0].numpy()
+        padded = object_probability(inputs)
+        assert padded.shape == (height, width)
+        assert np.abs(padded - alone).max() < 1e-5
+
 @pytest.mark.parametrize("sequence", HOLDOUT[2:4])
 def test_refiner_corrects_perturbed_masks_on_sequences_it_never_saw(davis16_root: Path, sequence: str) -> None:
     """On a train sequence left out of training, the previous frames' truth perturbed as in training and moved by
