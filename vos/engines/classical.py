@@ -390,10 +390,11 @@ class _ClassicalPropagation(Propagation):
         if flow is not None:
             tracks = list(self._tracks.values())
             motion = _FrameMotion(flow, [track.mask for track in tracks], engine._reach(tracks[0].mask))
-            if len(tracks) == 1:
-                engine._propagate(tracks[0], motion, bgr)
-            else:  # objects are independent until they compete; the refiner and OpenCV release the GIL
-                list(_OBJECTS.map(lambda track: engine._propagate(track, motion, bgr), tracks))
+            # One object after another on this thread: the next frame's flow keeps the other core busy, and objects
+            # propagated two at a time on a pool cost a third more CPU each, for no gain in time (bear with five
+            # objects, bench/bench_tracking.py: 50.5-52.0 ms/frame in turn, 51.8-54.3 on two threads).
+            for track in tracks:
+                engine._propagate(track, motion, bgr)
             _compete(tracks)
             _reacquire(self._tracks, bgr, lambda: motion.unlike_camera(engine.options.flow_tolerance))
         for object_id, mask in seeds.items():
@@ -432,9 +433,6 @@ class _ClassicalPropagation(Propagation):
 
 # Computes the next frames' flows. Two workers, so that two sessions propagating at once do not wait for each other.
 _AHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classical-flow")
-# Propagates a frame's objects, two at a time: with several objects the core the next frame's flow leaves idle
-# takes half of them.
-_OBJECTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classical-objects")
 
 
 def _finished(ahead: Future[tuple[int, np.ndarray]]) -> tuple[int, np.ndarray] | None:
