@@ -256,7 +256,9 @@ class ClassicalEngine(Engine):
         local = np.zeros(previous.shape, np.float32)
         reached = grown(bounds(previous), motion.largest_shift + 2, previous.shape)  # + 2: bilinear's far taps
         local[reached] = _warp(previous.astype(np.float32), np.ascontiguousarray(motion.target[reached]))
-        interior = cv2.erode(previous.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        interior = np.zeros_like(previous)
+        around = grown(bounds(previous), 3, previous.shape)  # the erosion's reach, and a pixel of empty border
+        interior[around] = cv2.erode(previous[around].astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         tolerance = self.options.flow_tolerance
         unlike_camera = None if motion.camera_motion is None else (
             lambda rows, columns: motion.unlike_camera(tolerance, (rows, columns)))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vos.engines.regions import bounds
+
 # Lab quantisation levels per channel of the colour histograms.
 _BINS = 12
 # Candidates farther than this share of the frame's diagonal from where the object was last seen well count half.
@@ -68,7 +70,8 @@ class AppearanceModel:
         """Share of ``mask``'s pixels with the object's colours (0 for an empty mask)."""
         if not mask.any():
             return 0.0
-        pixels = np.ascontiguousarray(bgr[mask]).reshape(-1, 1, 3)  # only the mask's colours are looked up
+        box = bounds(mask)  # selecting within the mask's box first is several times cheaper, in the same order
+        pixels = np.ascontiguousarray(bgr[box][mask[box]]).reshape(-1, 1, 3)  # only the mask's colours are looked up
         return float(np.mean(self.likely(pixels)))
 
     def is_lost(self, bgr: np.ndarray, mask: np.ndarray) -> bool:
@@ -158,5 +161,6 @@ class Reacquirer:
 
 
 def _centre(mask: np.ndarray) -> tuple[float, float]:
-    ys, xs = np.nonzero(mask)
-    return float(xs.mean()), float(ys.mean())
+    rows, columns = bounds(mask)
+    ys, xs = np.nonzero(mask[rows, columns])
+    return float((xs + columns.start).mean()), float((ys + rows.start).mean())
