@@ -463,17 +463,31 @@ def _soft(track: _Track) -> np.ndarray:
 def _compete(tracks: Collection[_Track]) -> None:
     """Objects compete for pixels before the next frame: a pixel two masks claim stays only in the more probable
     one's, so one object's mask does not spread over another's and take its identity."""
-    if len(tracks) < 2:
+    region = _shared_box([track.mask for track in tracks])
+    if region is None:
         return
-    claims = np.stack([track.mask for track in tracks])
+    claims = np.stack([track.mask[region] for track in tracks])
     contested = np.count_nonzero(claims, axis=0) > 1
     if not contested.any():
         return
-    winner = np.stack([_soft(track)[contested] for track in tracks]).argmax(axis=0)
+    winner = np.stack([_soft(track)[region][contested] for track in tracks]).argmax(axis=0)
     for k, track in enumerate(tracks):
-        track.mask[contested] = winner == k
+        track.mask[region][contested] = winner == k
         if track.probability is not None:
-            track.probability[contested] *= winner == k
+            track.probability[region][contested] *= winner == k
+
+
+def _shared_box(masks: Sequence[np.ndarray]) -> tuple[slice, slice] | None:
+    """The box around every pixel two of ``masks`` may share (the union of their boxes' pairwise overlaps), or None
+    when no two boxes overlap: objects apart need no competition, and nothing is stacked for them."""
+    boxes = [bounds(mask) for mask in masks if mask.any()]
+    overlaps = [(max(a[0].start, b[0].start), min(a[0].stop, b[0].stop), max(a[1].start, b[1].start),
+                 min(a[1].stop, b[1].stop)) for k, a in enumerate(boxes) for b in boxes[k + 1:]]
+    overlaps = [(top, bottom, left, right) for top, bottom, left, right in overlaps if top < bottom and left < right]
+    if not overlaps:
+        return None
+    return (slice(min(o[0] for o in overlaps), max(o[1] for o in overlaps)),
+            slice(min(o[2] for o in overlaps), max(o[3] for o in overlaps)))
 
 
 def _reacquire(tracks: Mapping[int, _Track], bgr: np.ndarray, moving: Callable[[], np.ndarray | None]) -> None:
@@ -483,8 +497,9 @@ def _reacquire(tracks: Mapping[int, _Track], bgr: np.ndarray, moving: Callable[[
         if track.reacquirer is None:
             continue
         others = [other.mask for other_id, other in tracks.items() if other_id != object_id]
-        taken = np.logical_or.reduce(others) if others else None
-        track.mask = track.reacquirer.update(bgr, track.mask, taken, moving)
+        # Only a lost mask asks for the pixels the others hold, so their union is made only then.
+        track.mask = track.reacquirer.update(
+            bgr, track.mask, lambda: np.logical_or.reduce(others) if others else None, moving)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -140,15 +140,17 @@ class Reacquirer:
             return None
         return cls(AppearanceModel.fit(bgr, mask), float(np.count_nonzero(mask)), _centre(mask))
 
-    def update(self, bgr: np.ndarray, mask: np.ndarray, others: np.ndarray | None = None,
+    def update(self, bgr: np.ndarray, mask: np.ndarray, others: Callable[[], np.ndarray | None] = lambda: None,
                moving: Callable[[], np.ndarray | None] = lambda: None) -> np.ndarray:
-        """``mask`` on a new frame, or the object found again when ``mask`` has lost it; ``others`` (bool) are the
-        pixels other tracked objects hold, never taken for this one (look-alike objects keep their identities).
+        """``mask`` on a new frame, or the object found again when ``mask`` has lost it; ``others`` gives the pixels
+        (bool, or None) other tracked objects hold, never taken for this one (look-alike objects keep their
+        identities); it is asked only when the mask is lost.
         ``moving`` gives the pixels that move unlike the camera (None when that is unknown); it is asked only when
         the mask is lost, and the object is looked for among them first (see the module docstring)."""
         evidence = self.model.evidence(bgr, mask)
         if self.model.lost_at(evidence):
-            avoid = mask if others is None else mask | others
+            taken = others()
+            avoid = mask if taken is None else mask | taken
             among = moving()
             found = None if among is None else self.model.redetect(bgr, self.area, self.centre, avoid, among)
             if found is None:
