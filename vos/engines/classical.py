@@ -335,16 +335,21 @@ def _exclusive_labels(probabilities: Mapping[int, np.ndarray], shape: tuple[int,
     probable object, if above 0.5. Each object is upsampled only around itself, so that many objects cost little."""
     best = np.zeros(shape, np.float32)
     owner = np.zeros(shape, np.int32)  # index into ``probabilities`` + 1; 0 = background
+    regions: dict[int, tuple[slice, slice]] = {}  # where each object may own pixels
     for number, probability in enumerate(probabilities.values(), start=1):
         present = probability > 0.5
         if not present.any():
             continue
         rows, columns = grown(bounds(present), 1, present.shape)  # the box of its 3x3 dilation (soft edges)
-        upsampled, region = _upsampled(probability, (rows, columns), shape)
-        wins = (upsampled > 0.5) & (upsampled > best[region])
-        best[region][wins] = upsampled[wins]
-        owner[region][wins] = number
-    return {object_id: owner == number for number, object_id in enumerate(probabilities, start=1)}
+        upsampled, regions[number] = _upsampled(probability, (rows, columns), shape)
+        wins = (upsampled > 0.5) & (upsampled > best[regions[number]])
+        best[regions[number]][wins] = upsampled[wins]
+        owner[regions[number]][wins] = number
+    masks = {object_id: np.zeros(shape, bool) for object_id in probabilities}
+    for number, object_id in enumerate(probabilities, start=1):
+        if number in regions:
+            masks[object_id][regions[number]] = owner[regions[number]] == number
+    return masks
 
 
 def _upsampled(image: np.ndarray, crop: tuple[slice, slice], shape: tuple[int, int]
