@@ -21,6 +21,7 @@ import numpy as np
 
 from api.cli import child_process, free_port, stop_process
 from vos.cli import add_engine_arguments, add_prompt_arguments, engine_options, prompts_from_args
+from vos.engine import DEFAULT_ENGINE
 from vos.errors import VosError
 from vos.masks import encode_rle
 from vos.prompts import ObjectPrompt
@@ -37,7 +38,7 @@ class VosClient:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
-    def submit(self, video: Path, prompts: list[dict[str, Any]], engine: str = "classical",
+    def submit(self, video: Path, prompts: list[dict[str, Any]], engine: str = DEFAULT_ENGINE,
                options: dict[str, Any] | None = None, overlay: bool = True) -> dict[str, Any]:
         if not video.is_file():
             raise ServiceError(f"{video} is not a file")

@@ -19,7 +19,7 @@ from api.deps import ServiceContext, get_context, require_api_key
 from api.schemas import JobCreated, JobStatus, Problem
 from api.streaming import EndEvent, FrameEvent, job_events
 from api.uploads import JobRequest, UploadedFile, UploadError, create_job
-from vos.engine import available_engines, engine_options_class
+from vos.engine import DEFAULT_ENGINE, available_engines, engine_options_class
 from workers.core.models import JOB_ID_PATTERN, RESULT_FILES, Job, JobState
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)],
@@ -51,7 +51,7 @@ _SUBMIT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
         "video": {"type": "string", "format": "binary", "description": "the video (mp4, mov, mkv, webm, avi, m4v)"},
         "prompts": {"type": "string", "description": 'JSON list of object prompts, e.g. [{"object_id": 1, "points": '
                     '[{"x": 10, "y": 20}]}]; masks as {"rle": ...}, {"png_base64": ...} or {"file": "<part name>"}'},
-        "engine": {"type": "string", "default": "classical", "description": "tracking engine"},
+        "engine": {"type": "string", "default": DEFAULT_ENGINE, "description": "tracking engine"},
         "options": {"type": "string", "default": "{}", "x-engine-options": _engine_option_schemas(),
                     "description": "JSON object of the engine's options, checked at submission; each engine's "
                                    "options are described in x-engine-options"},
@@ -100,7 +100,7 @@ def _job_request(form: FormData) -> JobRequest:
     extra = [UploadedFile(field, part.filename, part.file) for field, part in form.multi_items()
              if isinstance(part, StarletteUploadFile) and field != "video"]
     return JobRequest(UploadedFile("video", video.filename, video.file), _text_field(form, "prompts"),
-                      _text_field(form, "engine", "classical"), _text_field(form, "options", "{}"),
+                      _text_field(form, "engine", DEFAULT_ENGINE), _text_field(form, "options", "{}"),
                       _flag(_text_field(form, "overlay", "true")), extra)
 
 

@@ -52,7 +52,7 @@ from api.uploads import (
     validated_options,
     video_container,
 )
-from vos.engine import engine_class
+from vos.engine import DEFAULT_ENGINE, engine_class
 from vos.errors import PromptError
 from vos.masks import MAX_OBJECT_ID
 from vos.prompts import parse_prompts, validate_prompts
@@ -190,7 +190,7 @@ async def create_session(
     video: Annotated[UploadFile | None, File(description="the video (same containers and limits as jobs)")] = None,
     job_id: Annotated[str | None, Form(pattern=r"^[A-Za-z0-9_-]{10,64}$",
                                        description="open the video of this job instead of uploading one")] = None,
-    engine: Annotated[str, Form(description="tracking engine")] = "classical",
+    engine: Annotated[str, Form(description="tracking engine")] = DEFAULT_ENGINE,
     options: Annotated[str, Form(description="JSON object of engine options")] = "{}",
 ) -> SessionStatus:
     """Open a session on an uploaded video, or on an existing job's video."""

@@ -29,10 +29,8 @@ from eval.report import format_table, write_comparison, write_report
 from eval.runner import PROMPT_PROTOCOLS, EngineRun, ResultsError, prompted_frame_iou, run_engine, score_predictions
 from eval.youtube_vos import submission_files, write_submission
 from vos.cli import add_engine_arguments, engine_options
-from vos.engine import available_engines, create_engine, engine_options_class
+from vos.engine import DEFAULT_ENGINE, available_engines, create_engine, engine_options_class
 from vos.errors import VosError
-
-DEFAULT_ENGINE = "classical"
 
 
 class UsageError(VosError):

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic.fields import FieldInfo
 from tqdm import tqdm
 
-from vos.engine import available_engines, create_engine, engine_options_class
+from vos.engine import DEFAULT_ENGINE, available_engines, create_engine, engine_options_class
 from vos.errors import PromptError, VosError
 from vos.masks import mask_from_png_bytes, read_label_png
 from vos.outputs import ResultWriter
@@ -64,7 +64,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     One flag per option of every registered engine's options model (``working_width`` -> ``--working-width``);
     the chosen engine validates the values, so an option of another engine is a clear error.
     """
-    parser.add_argument("--engine", default="classical", choices=available_engines(),
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=available_engines(),
                         help="tracking engine (default: classical, weight-free)")
     group = parser.add_argument_group("engine options (unset ones keep the engine's default)")
     for name, (info, engines) in _engine_option_fields().items():

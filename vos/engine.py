@@ -190,6 +190,8 @@ class Engine(abc.ABC):
 
 # ---------------------------------------------------------------------------------------------- registry
 
+DEFAULT_ENGINE = "classical"  # the weight-free engine: it runs anywhere, with nothing to download
+
 # Engines are imported on first use, so choosing the weight-free engine never pays for loading another. An engine
 # whose module is heavy names a light module for its options model, so listing options imports no model code.
 _ENGINES: dict[str, str] = {

@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ import redis
 from celery.signals import worker_ready, worker_shutting_down
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vos.engine import Engine, FrameResult, ObjectResult, create_engine
+from vos.engine import FrameResult, ObjectResult
 from vos.errors import VosError
 from vos.masks import decode_rle, labels_from_masks
 from vos.outputs import frame_record
@@ -62,6 +61,7 @@ from workers.core.models import RESULT_FILES
 from workers.core.settings import QUEUES, ServiceSettings, get_settings
 from workers.core.storage import Storage
 from workers.core.store import connect
+from workers.engines import shared_engine
 from workers.results import BackgroundResults
 
 log = logging.getLogger(__name__)
@@ -411,12 +411,6 @@ class PublishedResults(ResultStore):
         self._own.close()
 
 
-@lru_cache(maxsize=4)
-def shared_engine(name: str, options_json: str) -> Engine:
-    """One engine per worker process and configuration, shared by every session (engines hold no video state)."""
-    return create_engine(name, **json.loads(options_json))
-
-
 # ---------------------------------------------------------------------------------------------- the session server
 
 
@@ -733,7 +727,7 @@ class SessionServer:
             local = Path(tempfile.mkdtemp(prefix="vos-session-")) / record.video
             self.storage.fs.get_file(path, str(local))
             path = str(local)
-        engine = shared_engine(record.engine, json.dumps(record.options, sort_keys=True))
+        engine = shared_engine(record.engine, record.options)
         results = PublishedResults(lambda index: self._published(record.id, index), record.info)
         settings = self.store.session_settings
         library = Session(engine, open_video(path), results, frame_cache_bytes=settings.frame_cache_mb << 20,

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from vos.engine import Engine, create_engine
+from vos.engine import Engine
 from vos.errors import CheckpointError, DownloadError, PromptError, VosError
 from vos.outputs import frame_record
 from vos.prompts import ObjectPrompt, parse_prompts
@@ -31,6 +31,7 @@ from workers.core.models import Job, JobSpec, JobState
 from workers.core.settings import get_settings
 from workers.core.storage import Storage
 from workers.core.store import JobStore, LeaseLost
+from workers.engines import shared_engine
 from workers.results import BackgroundResults
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,6 @@ def _store() -> JobStore:
 @lru_cache(maxsize=1)
 def _storage() -> Storage:
     return Storage(get_settings().storage_url)
-
-
-@lru_cache(maxsize=4)
-def cached_engine(name: str, options_json: str) -> Engine:
-    """One engine per worker process and engine configuration: model weights load once, not per job."""
-    return create_engine(name, **json.loads(options_json))
 
 
 @app.task(name="workers.tasks.run_job")
@@ -154,7 +149,7 @@ class JobRunner:
     def _track_and_upload(self, lease: LeaseKeeper) -> None:
         spec = self.storage.read_spec(self.job_id)
         prompts = parse_prompts(spec.prompts, self._file_loader(spec))
-        engine = cached_engine(spec.engine, json.dumps(spec.options, sort_keys=True))
+        engine = shared_engine(spec.engine, spec.options)
         with tempfile.TemporaryDirectory(prefix="vos-job-") as tmp:
             video_path = self._local_video(spec.video, tmp)
             with open_video(video_path) as video, BackgroundResults(tmp, video.info, overlay=spec.overlay) as out:
