@@ -343,8 +343,8 @@ def _exclusive_labels(probabilities: Mapping[int, np.ndarray], shape: tuple[int,
         rows, columns = grown(bounds(present), 1, present.shape)  # the box of its 3x3 dilation (soft edges)
         upsampled, regions[number] = _upsampled(probability, (rows, columns), shape)
         wins = (upsampled > 0.5) & (upsampled > best[regions[number]])
-        best[regions[number]][wins] = upsampled[wins]
-        owner[regions[number]][wins] = number
+        np.copyto(best[regions[number]], upsampled, where=wins)  # in place: cheaper than gathering the winners
+        np.copyto(owner[regions[number]], number, where=wins)
     masks = {object_id: np.zeros(shape, bool) for object_id in probabilities}
     for number, object_id in enumerate(probabilities, start=1):
         if number in regions:
@@ -613,9 +613,10 @@ class _FrameMotion:
     def camera_shift(self, region: np.ndarray) -> float:
         """How far the camera's motion moves the pixels of ``region`` (bool, non-empty) on average."""
         assert self.camera_motion is not None
-        box = bounds(region)  # selecting within the region's box first is several times cheaper
-        inside = region[box]
-        return float(_distance(self.camera_motion[box][inside], self.points[box][inside]).mean())
+        # Within the region's box, the distance is computed for every pixel and then selected: selecting the two
+        # [h, w, 2] arrays' pixels first was 4 times slower (1.0 against 0.22 ms for bear), for the same values.
+        box = bounds(region)
+        return float(_distance(self.camera_motion[box], self.points[box])[region[box]].mean())
 
     def unlike_camera(self, tolerance: float, at: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
         """Whether the pixels (all, or those at ``at``: rows and columns) have flow landing farther than ``tolerance``
