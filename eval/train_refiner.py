@@ -14,7 +14,18 @@ The result is bit-identical only on the kind of CPU the weights were trained on:
 differently on another. On a later machine (AMD EPYC, 2026-12-07) the same command, at the commit that shipped the
 weights and at later ones alike, gave weights up to 0.099 apart from the shipped ones, with the same held-out crop
 IoU (0.800 against 0.799) but an engine that scores J&F 0.551 instead of 0.614 on the six held-out train sequences
-and 0.605 instead of 0.617 on val: one training run's outcome varies about as much as the refiner gains.
+and 0.605 instead of 0.617 on val: one training run's outcome varies about as much as the refiner gains. The engine
+has since grown less sensitive to its refiner's run: on the same kind of machine on 2026-12-08, at 82120b6, this
+recipe (seed 0) gave an engine scoring DAVIS 2016 train J&F 0.728 against the shipped weights' 0.730 (0.640 against
+0.658 on the six held-out sequences) and val 0.653 against 0.652.
+
+Tried then and not shipped, for whoever takes this further (all at 82120b6): adding rollouts of the engine following its
+own masks (restarted from the perturbed truth every 10 frames) to the examples, DAgger's remedy for a net trained on
+perturbations but run on its own output, left train J&F where it was (0.730, 0.730 and 0.732 for seeds 0-2, the rollouts
+made with the shipped weights; 0.727 made with this recipe's own net), while val scored 0.673, 0.677 and 0.663.
+Averaging two such nets' logits gained on train every time (0.736 for each of the three pairs; val 0.680, 0.673, 0.682),
+but two nets cost twice the convolutions: bear fell from 26.7 to 20.0 frames/s (``bench/bench_tracking.py``, 25 is the
+target). A single net distilled from a pair scored 0.723, and two nets 8 channels wide instead of 12, 0.729.
 
 Six train sequences (``HOLDOUT``) are left out of training: the refiner's IoU on them is reported next to the
 prior's, and the engine was checked on them while it was designed.
