@@ -14,7 +14,9 @@ The result is bit-identical only on the kind of CPU the weights were trained on:
 differently on another. On a later machine (AMD EPYC, 2026-12-07) the same command, at the commit that shipped the
 weights and at later ones alike, gave weights up to 0.099 apart from the shipped ones, with the same held-out crop
 IoU (0.800 against 0.799) but an engine that scores J&F 0.551 instead of 0.614 on the six held-out train sequences
-and 0.605 instead of 0.617 on val: one training run's outcome varies about as much as the refiner gains. The engine
+and 0.605 instead of 0.617 on val: one training run's outcome varies about as much as the refiner gains. (These
+numbers were measured with the net in fp32; the engine now runs the shipped net in bf16 where the CPU has it, see
+:func:`vos.engines.refiner.preferred_dtype`.) The engine
 has since grown less sensitive to its refiner's run: on the same kind of machine on 2026-12-08, at 82120b6, this
 recipe (seed 0) gave an engine scoring DAVIS 2016 train J&F 0.728 against the shipped weights' 0.730 (0.640 against
 0.658 on the six held-out sequences) and val 0.653 against 0.652.

@@ -46,24 +46,39 @@ def test_shipped_weights_are_small_and_load() -> None:
     assert sum(p.numel() for p in shipped_net().parameters()) < 20_000
 
 
-
-def test_padding_a_crop_for_kernel_reuse_leaves_its_probabilities_unchanged(davis16_root: Path) -> None:
-    """object_probability pads crops to sizes that repeat; the padding must act as each convolution's own zero
-    padding, so the crop's probabilities are the net's on the crop alone (bear's frame 0 and truth, odd sizes)."""
-    dataset = Davis2016(davis16_root, split="train", sequences=["bear"])
-    sequence = dataset.sequence("bear")
+def _bear_crops(davis16_root: Path) -> list[np.ndarray]:
+    """The cues of two odd-sized crops of bear's frame 0 around its truth."""
+    sequence = Davis2016(davis16_root, split="train", sequences=["bear"]).sequence("bear")
     gray = np.ascontiguousarray(sequence.image(0)[..., 1])
     truth = sequence.annotation(0) > 0
     rows, columns = np.nonzero(truth)
-    for height, width in ((101, 157), (77, 233)):
-        top, left = rows.min(), columns.min()
-        crop = np.s_[top:top + height, left:left + width]
-        inputs = cues(gray[crop], truth[crop], np.zeros((height, width)), None, reach=9.6)
+    top, left = rows.min(), columns.min()
+    return [cues(gray[top:top + height, left:left + width], truth[top:top + height, left:left + width],
+                 np.zeros((height, width)), None, reach=9.6) for height, width in ((101, 157), (77, 233))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padding_a_crop_for_kernel_reuse_leaves_its_probabilities_unchanged(davis16_root: Path,
+                                                                           dtype: torch.dtype) -> None:
+    """object_probability pads crops to sizes that repeat; the padding must act as each convolution's own zero
+    padding, so the crop's probabilities are the net's on the crop alone, in either precision."""
+    net = shipped_net(dtype)
+    for inputs in _bear_crops(davis16_root):
         with torch.inference_mode():
-            alone = torch.sigmoid(shipped_net()(torch.from_numpy(inputs)[None]))[0, 0].numpy()
-        padded = object_probability(inputs)
-        assert padded.shape == (height, width)
+            alone = torch.sigmoid(net(torch.from_numpy(inputs)[None].to(dtype)).float())[0, 0].numpy()
+        padded = object_probability(inputs, net)
+        assert padded.shape == inputs.shape[1:] and padded.dtype == np.float32
         assert np.abs(padded - alone).max() < 1e-5
+
+
+def test_the_bf16_net_gives_the_fp32_nets_probabilities(davis16_root: Path) -> None:
+    """Where the CPU has native bf16 the shipped net runs in it (see preferred_dtype): its probabilities must stay
+    those of the fp32 weights, to a hundredth."""
+    for inputs in _bear_crops(davis16_root):
+        single = object_probability(inputs, shipped_net(torch.float32))
+        half = object_probability(inputs, shipped_net(torch.bfloat16))
+        assert np.abs(single - half).max() < 0.01
+
 
 @pytest.mark.parametrize("sequence", HOLDOUT[2:4])
 def test_refiner_corrects_perturbed_masks_on_sequences_it_never_saw(davis16_root: Path, sequence: str) -> None:
