@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vos.engine import Engine, create_engine  # noqa: E402 - after the path set-up above
+from vos.engines.refiner import preferred_dtype  # noqa: E402
 from vos.masks import read_label_png, write_palette_png  # noqa: E402
 from vos.prompts import ObjectPrompt  # noqa: E402
 from vos.tracker import track  # noqa: E402
@@ -82,7 +83,9 @@ def main() -> int:
         one = min(one, seconds_per_frame(frames, engine, prompts_for(truth, 1)))
         five = min(five, seconds_per_frame(frames, engine, prompts_for(truth, 5)))
     height, width = truth.shape
-    print(f"{args.engine}, {args.sequence} ({width}x{height}), decoding and PNG writing included, "
+    # the classical engine's refiner runs in bf16 only on CPUs with native bf16: say which this run measured
+    precision = f", refiner in {str(preferred_dtype()).removeprefix('torch.')}" if args.engine == "classical" else ""
+    print(f"{args.engine}{precision}, {args.sequence} ({width}x{height}), decoding and PNG writing included, "
           f"best of {args.repeats}")
     print(f"  1 object : {1000 * one:6.1f} ms/frame  {1 / one:5.1f} frames/s  (target >= 25 frames/s)")
     print(f"  5 objects: {1000 * five:6.1f} ms/frame  {1 / five:5.1f} frames/s  cost x{five / one:.2f} (target <= 1.5)")
