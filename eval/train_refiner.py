@@ -28,6 +28,11 @@ made with the shipped weights; 0.727 made with this recipe's own net), while val
 Averaging two such nets' logits gained on train every time (0.736 for each of the three pairs; val 0.680, 0.673, 0.682),
 but two nets cost twice the convolutions: bear fell from 26.7 to 20.0 frames/s (``bench/bench_tracking.py``, 25 is the
 target). A single net distilled from a pair scored 0.723, and two nets 8 channels wide instead of 12, 0.729.
+Later (2026-12-08, the engine running its net in bf16; shipped weights: train 0.728, held-out six 0.653): training 4
+times longer (``--steps 8000``) raised train J&F to 0.741 and 0.740 (seeds 0 and 1) but only on the sequences it
+trained on: the held-out six fell to 0.639 and 0.637, and with six other sequences held out instead (breakdance-flare,
+drift-turn, hockey, motocross-bumps, scooter-gray, tennis; seed 0) those scored 0.586 against 0.613 for 2000 steps.
+Random horizontal flips of the patches gave 0.728 and 0.719 (held-out six 0.646 and 0.665). Neither was shipped.
 
 Six train sequences (``HOLDOUT``) are left out of training: the refiner's IoU on them is reported next to the
 prior's, and the engine was checked on them while it was designed.
